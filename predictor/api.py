@@ -1,0 +1,195 @@
+"""The JSON API: thin views that check input, call one service and shape the answer."""
+
+from django.core.files.uploadedfile import UploadedFile
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from predictor import services
+from predictor.models import Drawing
+from predictor.preprocessing import PreprocessingError, decode_payload
+
+# The HTTP status and code each kind of DRF failure is reported with.
+ERROR_CODES = {
+    exceptions.ParseError: "malformed_request",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "not_authenticated",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.Throttled: "throttled",
+    exceptions.NotAcceptable: "not_acceptable",
+}
+
+
+# DRF's own validation codes, reported under the view's `invalid_input_code` instead.
+GENERIC_VALIDATION_CODES = {
+    "invalid", "required", "null", "blank", "min_value", "max_value", "max_string_length", "not_a_list",
+}
+
+
+class ServiceUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "model_unavailable"
+
+
+def _first_message(detail) -> str:
+    """Return the first error sentence in a DRF error structure, prefixed by its field name."""
+    if isinstance(detail, dict):
+        field, errors = next(iter(detail.items()))
+        message = _first_message(errors)
+        return message if field == "non_field_errors" else f"{field}: {message}"
+    if isinstance(detail, list):
+        return _first_message(detail[0]) if detail else "Invalid request."
+    return str(detail)
+
+
+def _first_code(codes) -> str:
+    """Return the first error code in a DRF code structure."""
+    if isinstance(codes, dict):
+        return _first_code(next(iter(codes.values())))
+    if isinstance(codes, list):
+        return _first_code(codes[0]) if codes else "invalid"
+    return str(codes)
+
+
+def exception_handler(exc, context):
+    """Return every API error as {"code": ..., "detail": <a sentence a person can act on>}."""
+    if isinstance(exc, PreprocessingError):
+        exc = exceptions.ValidationError({"image": [str(exc)]}, code=exc.code)
+    elif isinstance(exc, services.ModelUnavailable):
+        exc = ServiceUnavailable(str(exc))
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        code = _first_code(exc.get_codes())
+        if code in GENERIC_VALIDATION_CODES:
+            code = getattr(context.get("view"), "invalid_input_code", "invalid")
+    else:
+        code = next((c for cls, c in ERROR_CODES.items() if isinstance(exc, cls)), None) or exc.default_code
+    response.data = {"code": code, "detail": _first_message(exc.detail)}
+    return response
+
+
+class ImagePayloadField(serializers.Field):
+    """A drawing as a data URL or bare base64 string (JSON), or as an uploaded file (multipart); gives bytes."""
+
+    default_error_messages = {
+        "invalid_image": "Send the drawing as a PNG, JPEG or WebP data URL string, or as a file field named image.",
+    }
+
+    def to_internal_value(self, data) -> bytes:
+        try:
+            if isinstance(data, UploadedFile):
+                return data.read()
+            if isinstance(data, str):
+                return decode_payload(data)
+        except PreprocessingError as error:
+            raise serializers.ValidationError(str(error), code=error.code) from error
+        self.fail("invalid_image")
+
+    def to_representation(self, value):
+        return None
+
+
+class PredictionOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    predicted_label = serializers.IntegerField()
+    confidence = serializers.FloatField()
+    probabilities = serializers.ListField(child=serializers.FloatField())
+    model_version = serializers.IntegerField(source="model_version.version")
+    input_image = serializers.CharField(source="input_image_data_url", help_text="The 28x28 PNG the model saw.")
+    created_at = serializers.DateTimeField()
+    feedback_label = serializers.IntegerField(allow_null=True)
+    true_label = serializers.IntegerField(allow_null=True)
+
+
+class PredictionCreateApi(APIView):
+    """Read a drawing: store it and answer with what the model sees."""
+
+    throttle_scope = "predictions"
+    invalid_input_code = "invalid_image"
+
+    class InputSerializer(serializers.Serializer):
+        image = ImagePayloadField(
+            help_text="data:image/png;base64,... (or jpeg/webp, or bare base64), or a multipart file."
+        )
+
+    @extend_schema(request=InputSerializer, responses={201: PredictionOutputSerializer})
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        visitor = services.visitor_for_session(request.session, create=True)
+        drawing = services.drawing_create(data=serializer.validated_data["image"], visitor=visitor)
+        return Response(PredictionOutputSerializer(drawing).data, status=status.HTTP_201_CREATED)
+
+
+class PredictionDetailApi(APIView):
+    """One prediction, to the visitor who made it or to staff."""
+
+    @extend_schema(responses={200: PredictionOutputSerializer})
+    def get(self, request, drawing_id):
+        try:
+            drawing = services.drawing_get(
+                drawing_id=drawing_id,
+                visitor=services.visitor_for_session(request.session, create=False),
+                staff=request.user.is_staff,
+            )
+        except Drawing.DoesNotExist:
+            raise exceptions.NotFound("No such prediction, or it was made in another browser session.")
+        return Response(PredictionOutputSerializer(drawing).data)
+
+
+class PredictionFeedbackApi(APIView):
+    """The visitor says whether the prediction was right; a reviewer decides later."""
+
+    throttle_scope = "feedback"
+    invalid_input_code = "invalid_label"
+
+    class InputSerializer(serializers.Serializer):
+        label = serializers.IntegerField(
+            min_value=0, max_value=9, required=False, help_text="The digit the visitor drew."
+        )
+        correct = serializers.BooleanField(required=False, help_text="true: the prediction was right.")
+
+        def validate(self, attrs):
+            if ("label" in attrs) == ("correct" in attrs):
+                raise serializers.ValidationError(
+                    'Send either {"label": 0-9} or {"correct": true}.', code="invalid_label"
+                )
+            if attrs.get("correct") is False:
+                raise serializers.ValidationError(
+                    'If the prediction was wrong, send the right digit as {"label": 0-9}.', code="invalid_label"
+                )
+            return attrs
+
+    @extend_schema(request=InputSerializer, responses={200: PredictionOutputSerializer})
+    def post(self, request, drawing_id):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            drawing = services.drawing_get(
+                drawing_id=drawing_id, visitor=services.visitor_for_session(request.session, create=False)
+            )
+        except Drawing.DoesNotExist:
+            raise exceptions.NotFound("No such prediction, or it was made in another browser session.")
+        label = serializer.validated_data.get("label", drawing.predicted_label)
+        drawing = services.drawing_give_feedback(drawing=drawing, label=label)
+        return Response(PredictionOutputSerializer(drawing).data)
+
+
+class HealthApi(APIView):
+    """Whether the site can answer predictions: database and model."""
+
+    authentication_classes = []
+    throttle_classes = []
+
+    @extend_schema(responses={200: dict, 503: dict})
+    def get(self, request):
+        health = services.health_status()
+        ok = health["status"] == "ok"
+        return Response(health, status=status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE)

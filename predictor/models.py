@@ -1,0 +1,156 @@
+import base64
+import os
+import uuid
+
+import numpy as np
+from django.conf import settings
+from django.core.files.storage import FileSystemStorage
+from django.core.validators import MaxValueValidator
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from predictor.preprocessing import IMAGE_SIZE, encode_png
+
+DIGIT_CHOICES = [(digit, str(digit)) for digit in range(10)]
+
+
+class ModelStorage(FileSystemStorage):
+    """Model artefacts under DIGIT_MODEL_ROOT, read at use time so a changed setting takes effect."""
+
+    @property
+    def base_location(self):
+        return self._value_or_setting(self._location, settings.DIGIT_MODEL_ROOT)
+
+    @property
+    def location(self):
+        return os.path.abspath(self.base_location)
+
+
+def drawing_upload_to(drawing: "Drawing", filename: str) -> str:
+    """Return a server-chosen path for a drawing; only the extension of `filename` is kept."""
+    extension = filename.rsplit(".", 1)[-1].lower()
+    return f"drawings/{timezone.now():%Y/%m/%d}/{drawing.id}.{extension}"
+
+
+class ModelVersion(models.Model):
+    version = models.PositiveIntegerField(
+        _("version"), unique=True, help_text=_("The number the API reports as model_version.")
+    )
+    tflite = models.FileField(_("TFLite model"), storage=ModelStorage(), max_length=255)
+    keras = models.FileField(_("Keras model"), storage=ModelStorage(), max_length=255)
+    metrics = models.JSONField(_("metrics"), default=dict, blank=True)
+    parent = models.ForeignKey(
+        "self",
+        verbose_name=_("parent version"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="children",
+    )
+    training_data = models.JSONField(
+        _("training data"),
+        default=dict,
+        blank=True,
+        help_text=_("What this version was trained on: drawing ids and dataset sizes."),
+    )
+    notes = models.TextField(_("notes"), blank=True)
+    is_active = models.BooleanField(
+        _("active"), default=False, help_text=_("The version that answers predictions. Exactly one is active.")
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("model version")
+        verbose_name_plural = _("model versions")
+        ordering = ["-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"], condition=models.Q(is_active=True), name="one_active_model_version"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"v{self.version}" + (" (active)" if self.is_active else "")
+
+
+class Drawing(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    visitor = models.CharField(
+        _("visitor"),
+        max_length=32,
+        db_index=True,
+        help_text=_("Opaque id kept in the visitor's session; only that visitor sees the drawing."),
+    )
+    image = models.ImageField(
+        _("image"), upload_to=drawing_upload_to, width_field="image_width", height_field="image_height"
+    )
+    image_width = models.PositiveIntegerField(_("width"), null=True, editable=False)
+    image_height = models.PositiveIntegerField(_("height"), null=True, editable=False)
+    input_pixels = models.BinaryField(
+        _("model input"), help_text=_("The 28x28 greyscale image the model saw, 784 bytes, row by row.")
+    )
+    model_version = models.ForeignKey(
+        ModelVersion, verbose_name=_("model version"), on_delete=models.PROTECT, related_name="drawings"
+    )
+    predicted_label = models.PositiveSmallIntegerField(_("predicted label"), choices=DIGIT_CHOICES)
+    confidence = models.FloatField(_("confidence"), db_index=True)
+    probabilities = models.JSONField(_("probabilities"))
+    processing_ms = models.FloatField(_("processing time (ms)"))
+    created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
+    feedback_label = models.PositiveSmallIntegerField(
+        _("visitor feedback"),
+        choices=DIGIT_CHOICES,
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(9)],
+        help_text=_("What the visitor says the digit is: a claim for a reviewer, not a training label."),
+    )
+    feedback_at = models.DateTimeField(_("feedback given"), null=True, blank=True)
+    true_label = models.PositiveSmallIntegerField(
+        _("reviewer label"),
+        choices=DIGIT_CHOICES,
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(9)],
+        help_text=_("The digit according to a reviewer; reviewed, non-excluded drawings are the fine-tuning dataset."),
+    )
+    is_excluded = models.BooleanField(
+        _("not a digit"), default=False, help_text=_("Excluded by a reviewer: never used for training.")
+    )
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("reviewed by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    reviewed_at = models.DateTimeField(_("reviewed"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("drawing")
+        verbose_name_plural = _("drawings")
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["visitor", "-created_at"], name="drawing_visitor_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.predicted_label} ({self.confidence:.0%}) {self.created_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def input_array(self) -> np.ndarray:
+        """Return the 28x28 uint8 image the model saw."""
+        return np.frombuffer(bytes(self.input_pixels), dtype=np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE)
+
+    @property
+    def input_image_data_url(self) -> str:
+        """Return the 28x28 model input as a PNG data URL."""
+        return "data:image/png;base64," + base64.b64encode(encode_png(self.input_array)).decode("ascii")
+
+    @property
+    def is_reviewed(self) -> bool:
+        return self.true_label is not None or self.is_excluded
+
+    @property
+    def is_mistake(self) -> bool:
+        return self.true_label is not None and self.true_label != self.predicted_label

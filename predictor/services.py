@@ -1,0 +1,206 @@
+"""The operations the API, pages, admin and commands perform; the only code joining the ORM and the model."""
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.db import connection, transaction
+from django.db.models import Max, QuerySet
+from django.utils import timezone
+
+from predictor.inference import Classifier, ModelLoadError
+from predictor.models import Drawing, ModelVersion
+from predictor.preprocessing import image_format, preprocess
+
+ACTIVE_VERSION_CACHE_KEY = "predictor:active-model-version"
+VISITOR_SESSION_KEY = "visitor"
+
+
+class ModelUnavailable(Exception):
+    """No model can answer right now; str() says why and what to do."""
+
+
+# Per process: the loaded classifiers by ModelVersion id, and when the active id was last checked.
+_classifiers: dict[int, tuple[ModelVersion, Classifier]] = {}
+_active = {"id": None, "checked_at": float("-inf")}
+_lock = threading.Lock()
+
+
+def visitor_for_session(session, *, create: bool) -> str | None:
+    """Return the opaque visitor id kept in `session`, making one if asked to."""
+    visitor = session.get(VISITOR_SESSION_KEY)
+    if visitor is None and create:
+        visitor = uuid.uuid4().hex
+        session[VISITOR_SESSION_KEY] = visitor
+    return visitor
+
+
+def _active_version_id() -> int | None:
+    """Return the id of the active ModelVersion, asking the shared cache at most once per check interval."""
+    now = time.monotonic()
+    if now - _active["checked_at"] < settings.DIGIT_MODEL_CHECK_SECONDS:
+        return _active["id"]
+    version_id = cache.get(ACTIVE_VERSION_CACHE_KEY)
+    if version_id is None:
+        version_id = ModelVersion.objects.filter(is_active=True).values_list("id", flat=True).first()
+        if version_id is not None:
+            cache.set(ACTIVE_VERSION_CACHE_KEY, version_id, timeout=None)
+    _active.update(id=version_id, checked_at=now)
+    return version_id
+
+
+def active_classifier() -> tuple[ModelVersion, Classifier]:
+    """Return the active ModelVersion and its Classifier, loading it once per process and version."""
+    version_id = _active_version_id()
+    if version_id is None:
+        raise ModelUnavailable(
+            "No model version is active. Register the shipped model with "
+            "`python manage.py register_base_model` or activate one with `python manage.py activate_model N`."
+        )
+    loaded = _classifiers.get(version_id)
+    if loaded is not None:
+        return loaded
+    with _lock:
+        if version_id not in _classifiers:
+            version = ModelVersion.objects.filter(id=version_id).first()
+            if version is None:  # the cache named a version that is gone: ask the database next time
+                cache.delete(ACTIVE_VERSION_CACHE_KEY)
+                _active.update(checked_at=float("-inf"))
+                raise ModelUnavailable("The active model version was removed; retry in a moment.")
+            try:
+                classifier = Classifier(version.tflite.path)
+            except ModelLoadError as error:
+                raise ModelUnavailable(f"Model version {version.version} cannot be loaded: {error}") from error
+            # Keep only the newly active classifier: old versions are not served again until reactivated.
+            _classifiers.clear()
+            _classifiers[version_id] = (version, classifier)
+        return _classifiers[version_id]
+
+
+def forget_loaded_models() -> None:
+    """Drop this process's loaded classifiers and cached active version (used after registry changes in tests)."""
+    with _lock:
+        _classifiers.clear()
+        _active.update(id=None, checked_at=float("-inf"))
+
+
+def drawing_create(*, data: bytes, visitor: str) -> Drawing:
+    """Return a new stored Drawing with the active model's prediction for the image bytes `data`."""
+    started = time.perf_counter()
+    extension = image_format(data)
+    pixels = preprocess(data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS)
+    version, classifier = active_classifier()
+    prediction = classifier.predict(pixels)
+    drawing = Drawing(
+        visitor=visitor,
+        input_pixels=pixels.astype("uint8").tobytes(),
+        model_version=version,
+        predicted_label=prediction.predicted_label,
+        confidence=prediction.confidence,
+        probabilities=list(prediction.probabilities),
+    )
+    # The file is written first and the row committed after it, so a crash in between can leave an
+    # unreferenced file (removed by `manage.py purge_orphan_files`) but never a row without its image.
+    drawing.image.save(f"drawing.{extension}", ContentFile(data), save=False)
+    try:
+        drawing.processing_ms = (time.perf_counter() - started) * 1000
+        with transaction.atomic():
+            drawing.save(force_insert=True)
+    except BaseException:
+        drawing.image.delete(save=False)
+        raise
+    return drawing
+
+
+def drawing_get(*, drawing_id, visitor: str | None, staff: bool = False) -> Drawing:
+    """Return the drawing if this visitor made it (or `staff` may see it); Drawing.DoesNotExist otherwise."""
+    drawings = Drawing.objects.select_related("model_version")
+    if staff:
+        return drawings.get(id=drawing_id)
+    if visitor is None:
+        raise Drawing.DoesNotExist
+    return drawings.get(id=drawing_id, visitor=visitor)
+
+
+def drawing_history(*, visitor: str | None) -> QuerySet[Drawing]:
+    """Return this visitor's drawings, newest first."""
+    if visitor is None:
+        return Drawing.objects.none()
+    return Drawing.objects.filter(visitor=visitor).select_related("model_version").order_by("-created_at")
+
+
+@transaction.atomic
+def drawing_give_feedback(*, drawing: Drawing, label: int) -> Drawing:
+    """Return the drawing with the visitor's claimed label stored (replacing any earlier claim)."""
+    drawing.feedback_label = label
+    drawing.feedback_at = timezone.now()
+    drawing.save(update_fields=["feedback_label", "feedback_at"])
+    return drawing
+
+
+@transaction.atomic
+def model_version_register(
+    *,
+    tflite_path: Path,
+    keras_path: Path,
+    metrics: dict,
+    notes: str = "",
+    parent: ModelVersion | None = None,
+    training_data: dict | None = None,
+    activate: bool,
+) -> ModelVersion:
+    """Return a new ModelVersion whose artefacts are copied into model storage, activated if asked."""
+    number = (ModelVersion.objects.select_for_update().aggregate(n=Max("version"))["n"] or 0) + 1
+    version = ModelVersion(
+        version=number, metrics=metrics, notes=notes, parent=parent, training_data=training_data or {}
+    )
+    with open(tflite_path, "rb") as tflite, open(keras_path, "rb") as keras:
+        version.tflite.save(f"v{number}/model.tflite", File(tflite), save=False)
+        version.keras.save(f"v{number}/model.keras", File(keras), save=False)
+    try:
+        # Fail here, before the row exists, if the copied artefact cannot be served.
+        Classifier(version.tflite.path)
+        version.save()
+        if activate:
+            model_version_activate(version=version)
+    except BaseException:
+        version.tflite.delete(save=False)
+        version.keras.delete(save=False)
+        raise
+    return version
+
+
+@transaction.atomic
+def model_version_activate(*, version: ModelVersion) -> ModelVersion:
+    """Return `version`, now the one active model; every worker switches to it within a check interval."""
+    ModelVersion.objects.filter(is_active=True).exclude(id=version.id).update(is_active=False)
+    ModelVersion.objects.filter(id=version.id).update(is_active=True)
+    version.is_active = True
+    transaction.on_commit(lambda: _announce_active_version(version.id))
+    return version
+
+
+def _announce_active_version(version_id: int) -> None:
+    """Tell every worker (through the shared cache) and this process which version is active."""
+    cache.set(ACTIVE_VERSION_CACHE_KEY, version_id, timeout=None)
+    _active.update(checked_at=float("-inf"))
+
+
+def health_status() -> dict:
+    """Return {"status", "database", "model_version"} and, when unhealthy, a "detail" reason."""
+    status = {"status": "ok", "database": "ok", "model_version": None}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception as error:  # any driver error means the database cannot serve us
+        return {**status, "status": "unavailable", "database": "unavailable", "detail": f"Database error: {error}"}
+    try:
+        version, _ = active_classifier()
+    except ModelUnavailable as error:
+        return {**status, "status": "unavailable", "detail": str(error)}
+    return {**status, "model_version": version.version}

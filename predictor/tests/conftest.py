@@ -1,0 +1,82 @@
+import base64
+import io
+
+import cv2
+import numpy as np
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from predictor import services
+
+MNIST_PATH = settings.BASE_DIR / "training" / "data" / "mnist.npz"
+
+
+@pytest.fixture(autouse=True)
+def fresh_model_state(settings, tmp_path):
+    """Give each test its own media and model folders and a process with no model loaded."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.DIGIT_MODEL_ROOT = tmp_path / "models"
+    services.forget_loaded_models()
+    yield
+    services.forget_loaded_models()
+
+
+@pytest.fixture
+def active_model(db):
+    """Register the shipped base model (as `make run` does) and return its ModelVersion."""
+    cache.delete(services.ACTIVE_VERSION_CACHE_KEY)
+    call_command("register_base_model", stdout=io.StringIO())
+    version, _ = services.active_classifier()
+    return version
+
+
+@pytest.fixture
+def api_client():
+    return APIClient()
+
+
+@pytest.fixture(scope="session")
+def mnist_train():
+    """MNIST training digits (never the test set) as (images, labels)."""
+    with np.load(MNIST_PATH) as data:
+        return data["x_train"][:2000], data["y_train"][:2000]
+
+
+def canvas_png(digit_image: np.ndarray, *, size: int = 280, transparent: bool = True) -> bytes:
+    """Return a PNG of a 28x28 MNIST-style digit scaled up onto a canvas, black ink."""
+    ink = cv2.resize(digit_image, (size, size), interpolation=cv2.INTER_LINEAR)
+    if transparent:
+        rgba = np.zeros((size, size, 4), np.uint8)
+        rgba[..., 3] = ink
+        ok, png = cv2.imencode(".png", rgba)
+    else:
+        ok, png = cv2.imencode(".png", 255 - ink)
+    assert ok
+    return png.tobytes()
+
+
+def data_url(png: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64," + base64.b64encode(png).decode("ascii")
+
+
+@pytest.fixture
+def digit_png(mnist_train):
+    """A canvas PNG of an MNIST training digit, and its label."""
+    images, labels = mnist_train
+    return canvas_png(images[0]), int(labels[0])
+
+
+@pytest.fixture
+def blank_png():
+    ok, png = cv2.imencode(".png", np.zeros((280, 280, 4), np.uint8))
+    return png.tobytes()
+
+
+@pytest.fixture
+def drawing(active_model, digit_png):
+    """A stored drawing made by the visitor "visitor-a"."""
+    png, _ = digit_png
+    return services.drawing_create(data=png, visitor="visitor-a")

@@ -1,0 +1,253 @@
+import base64
+import struct
+import zlib
+
+import cv2
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.contrib.auth.models import User
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from predictor.models import Drawing, ModelVersion
+from predictor.tests.conftest import canvas_png, data_url
+
+CREATE_URL = "/api/predictions/"
+PAYLOAD_KEYS = {
+    "id", "predicted_label", "confidence", "probabilities", "model_version", "input_image", "created_at",
+    "feedback_label", "true_label",
+}
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares an enormous image (a decompression bomb's calling card)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def assert_error(response, status: int, code: str):
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["code"] == code
+    assert isinstance(body["detail"], str) and len(body["detail"]) > 10
+    assert Drawing.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_data_url_prediction_is_answered_and_stored(api_client, active_model, digit_png):
+    png, label = digit_png
+    response = api_client.post(CREATE_URL, {"image": data_url(png)}, format="json")
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert set(body) == PAYLOAD_KEYS
+    assert body["predicted_label"] == label
+    assert len(body["probabilities"]) == 10
+    assert sum(body["probabilities"]) == pytest.approx(1, abs=1e-4)
+    assert body["confidence"] == pytest.approx(max(body["probabilities"]))
+    assert body["model_version"] == active_model.version == 1
+    assert body["input_image"].startswith("data:image/png;base64,")
+    assert body["feedback_label"] is None and body["true_label"] is None
+
+    drawing = Drawing.objects.get(id=body["id"])
+    assert drawing.predicted_label == label
+    assert drawing.model_version == active_model
+    assert drawing.image.read() == png
+    assert drawing.image.name.endswith(f"{drawing.id}.png")
+    assert (drawing.image_width, drawing.image_height) == (280, 280)
+    assert drawing.input_array.shape == (28, 28) and drawing.input_array.max() == 255
+    assert drawing.processing_ms > 0
+
+
+@pytest.mark.django_db
+def test_bare_base64_and_multipart_upload_are_accepted(api_client, active_model, digit_png):
+    png, label = digit_png
+    bare = api_client.post(CREATE_URL, {"image": base64.b64encode(png).decode()}, format="json")
+    upload = api_client.post(
+        CREATE_URL, {"image": SimpleUploadedFile("digit.png", png, "image/png")}, format="multipart"
+    )
+
+    assert bare.status_code == 201 and bare.json()["predicted_label"] == label
+    assert upload.status_code == 201, upload.content
+    assert upload.json()["predicted_label"] == label
+    assert Drawing.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_white_background_jpeg_drawing_is_read(api_client, active_model, mnist_train):
+    images, labels = mnist_train
+    ok, jpeg = cv2.imencode(".jpg", 255 - cv2.resize(images[1], (300, 300)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    response = api_client.post(CREATE_URL, {"image": data_url(jpeg.tobytes(), "image/jpeg")}, format="json")
+
+    assert response.status_code == 201, response.content
+    assert response.json()["predicted_label"] == labels[1]
+    assert Drawing.objects.get().image.name.endswith(".jpeg")
+
+
+@pytest.mark.django_db
+def test_prediction_is_visible_to_its_session_and_staff_only(api_client, active_model, digit_png):
+    png, _ = digit_png
+    created = api_client.post(CREATE_URL, {"image": data_url(png)}, format="json").json()
+    url = f"/api/predictions/{created['id']}/"
+
+    assert api_client.get(url).json() == created
+    stranger = APIClient()
+    assert_not_found = stranger.get(url)
+    assert assert_not_found.status_code == 404 and assert_not_found.json()["code"] == "not_found"
+    staff = APIClient()
+    staff.force_login(User.objects.create_user("reviewer", is_staff=True))
+    assert staff.get(url).status_code == 200
+    assert APIClient().get("/api/predictions/00000000-0000-0000-0000-000000000000/").status_code == 404
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        ({"image": "this is not base64!"}, "invalid_image"),
+        ({"image": base64.b64encode(b"plain text, not an image").decode()}, "invalid_image"),
+        ({"image": "data:image/svg+xml;base64," + base64.b64encode(b"<svg/>").decode()}, "invalid_image"),
+        ({"image": ""}, "invalid_image"),
+        ({"image": 7}, "invalid_image"),
+        ({"image": None}, "invalid_image"),
+        ({"picture": "x"}, "invalid_image"),
+        ({}, "invalid_image"),
+        ([1, 2, 3], "invalid_image"),
+    ],
+)
+def test_bad_images_are_refused_with_invalid_image(api_client, active_model, payload, code):
+    assert_error(api_client.post(CREATE_URL, payload, format="json"), 400, code)
+
+
+@pytest.mark.django_db
+def test_blank_canvas_is_refused_with_empty_drawing(api_client, active_model, blank_png):
+    response = api_client.post(CREATE_URL, {"image": data_url(blank_png)}, format="json")
+    assert_error(response, 400, "empty_drawing")
+
+
+@pytest.mark.django_db
+def test_huge_declared_image_is_refused_without_decoding(api_client, active_model):
+    response = api_client.post(CREATE_URL, {"image": data_url(huge_png_header(60000, 60000))}, format="json")
+    assert_error(response, 400, "image_too_large")
+
+
+@pytest.mark.django_db
+def test_pixel_limit_is_configurable(api_client, active_model, digit_png, settings):
+    settings.DIGIT_MAX_IMAGE_PIXELS = 100 * 100
+    response = api_client.post(CREATE_URL, {"image": data_url(digit_png[0])}, format="json")
+    assert_error(response, 400, "image_too_large")
+
+
+@pytest.mark.django_db
+def test_oversized_body_is_refused_with_413(api_client, active_model, settings):
+    settings.DIGIT_MAX_UPLOAD_BYTES = 10_000
+    response = api_client.post(CREATE_URL, {"image": "A" * 20_000}, format="json")
+    assert_error(response, 413, "payload_too_large")
+
+
+@pytest.mark.django_db
+def test_unsupported_content_type_is_refused_with_415(api_client, active_model):
+    response = api_client.post(CREATE_URL, "image=abc", content_type="text/plain")
+    assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.django_db
+def test_malformed_json_is_refused(api_client, active_model):
+    response = api_client.post(CREATE_URL, '{"image": ', content_type="application/json")
+    assert_error(response, 400, "malformed_request")
+
+
+@pytest.mark.django_db
+def test_no_active_model_gives_503_and_stores_nothing(api_client, digit_png):
+    response = api_client.post(CREATE_URL, {"image": data_url(digit_png[0])}, format="json")
+    assert_error(response, 503, "model_unavailable")
+    assert "register_base_model" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_health_reports_database_and_model(api_client, active_model):
+    response = api_client.get("/api/health/")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok", "model_version": 1}
+
+
+@pytest.mark.django_db
+def test_health_is_503_with_a_reason_without_a_model(api_client):
+    response = api_client.get("/api/health/")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable" and "model" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_feedback_is_stored_and_replaced(api_client, active_model, digit_png):
+    created = api_client.post(CREATE_URL, {"image": data_url(digit_png[0])}, format="json").json()
+    url = f"/api/predictions/{created['id']}/feedback/"
+
+    first = api_client.post(url, {"label": 3}, format="json")
+    assert first.status_code == 200 and first.json()["feedback_label"] == 3
+    again = api_client.post(url, {"correct": True}, format="json")
+    assert again.status_code == 200 and again.json()["feedback_label"] == created["predicted_label"]
+    drawing = Drawing.objects.get(id=created["id"])
+    assert drawing.feedback_label == created["predicted_label"] and drawing.feedback_at is not None
+    assert drawing.true_label is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "payload", [{"label": 10}, {"label": -1}, {"label": "seven"}, {"label": True}, {"correct": False}, {}, {"label": 3, "correct": True}]
+)
+def test_bad_feedback_is_refused(api_client, drawing, payload):
+    session = api_client.session
+    session["visitor"] = "visitor-a"
+    session.save()
+    response = api_client.post(f"/api/predictions/{drawing.id}/feedback/", payload, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid_label"
+    drawing.refresh_from_db()
+    assert drawing.feedback_label is None
+
+
+@pytest.mark.django_db
+def test_feedback_from_another_session_is_404(api_client, drawing):
+    response = api_client.post(f"/api/predictions/{drawing.id}/feedback/", {"label": 3}, format="json")
+    assert response.status_code == 404
+    drawing.refresh_from_db()
+    assert drawing.feedback_label is None
+
+
+@pytest.mark.django_db
+def test_drawing_image_is_served_to_its_visitor_only(client, active_model, digit_png):
+    created = client.post(CREATE_URL, {"image": data_url(digit_png[0])}, content_type="application/json").json()
+    url = reverse("predictor:drawing-image", args=[created["id"]])
+
+    own = client.get(url)
+    assert own.status_code == 200 and b"".join(own.streaming_content) == digit_png[0]
+    assert APIClient().get(url).status_code == 404
+
+
+@pytest.mark.django_db
+def test_schema_and_docs_are_served_offline(client):
+    schema = client.get("/api/schema/")
+    assert schema.status_code == 200 and b"/api/predictions/" in schema.content
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    assert b"cdn" not in docs.content.lower() and b"unpkg" not in docs.content.lower()
+
+
+@pytest.mark.django_db
+def test_each_201_has_its_row_and_file(api_client, active_model, mnist_train):
+    images, labels = mnist_train
+    answers = [
+        api_client.post(CREATE_URL, {"image": data_url(canvas_png(images[i], size=150 + 40 * i))}, format="json")
+        for i in range(10)
+    ]
+    assert [a.status_code for a in answers] == [201] * 10
+    assert sum(a.json()["predicted_label"] == labels[i] for i, a in enumerate(answers)) >= 9
+    for answer in answers:
+        drawing = Drawing.objects.get(id=answer.json()["id"])
+        assert drawing.image.storage.exists(drawing.image.name)
+    assert ModelVersion.objects.get().drawings.count() == 10

@@ -1,0 +1,42 @@
+"""Pages: the canvas, the visitor's history, and drawing images for those allowed to see them."""
+
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from predictor import services
+from predictor.models import Drawing
+
+HISTORY_PAGE_SIZE = 24
+
+
+@require_GET
+def index(request):
+    """Return the drawing page."""
+    return render(request, "predictor/index.html")
+
+
+@require_GET
+def history(request):
+    """Return a page of this visitor's drawings, newest first."""
+    drawings = services.drawing_history(visitor=services.visitor_for_session(request.session, create=False))
+    page_obj = Paginator(drawings, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "predictor/history.html", {"page_obj": page_obj})
+
+
+@require_GET
+def drawing_image(request, drawing_id):
+    """Return the stored image of a drawing to the visitor who made it or to staff."""
+    try:
+        drawing = services.drawing_get(
+            drawing_id=drawing_id,
+            visitor=services.visitor_for_session(request.session, create=False),
+            staff=request.user.is_staff,
+        )
+        image = drawing.image.open("rb")
+    except (Drawing.DoesNotExist, FileNotFoundError):
+        raise Http404("No such drawing.")
+    response = FileResponse(image)
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
