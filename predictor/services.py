@@ -3,9 +3,11 @@
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.cache import cache
 from django.core.files import File
 from django.core.files.base import ContentFile
@@ -204,3 +206,47 @@ def health_status() -> dict:
     except ModelUnavailable as error:
         return {**status, "status": "unavailable", "detail": str(error)}
     return {**status, "model_version": version.version}
+
+
+def _drawings_save_review(drawings: list[Drawing], *, reviewer: AbstractBaseUser) -> list[Drawing]:
+    """Return the drawings with their review fields stored, stamped with `reviewer` and the time."""
+    reviewed_at = timezone.now()
+    for drawing in drawings:
+        drawing.reviewed_by = reviewer
+        drawing.reviewed_at = reviewed_at
+    fields = ["true_label", "is_excluded", "reviewed_by", "reviewed_at"]
+    Drawing.objects.bulk_update(drawings, fields, batch_size=500)
+    return drawings
+
+
+@transaction.atomic
+def drawing_relabel(
+    *, drawings: Iterable[Drawing], true_label: int | None, reviewer: AbstractBaseUser
+) -> list[Drawing]:
+    """Return the drawings labelled `true_label` by `reviewer` (None sends them back to the review queue)."""
+    # Evaluated once: a caller's filter (say, "needs review") no longer matches after the update.
+    drawings = list(drawings)
+    for drawing in drawings:
+        drawing.true_label = true_label
+        drawing.is_excluded = False
+    return _drawings_save_review(drawings, reviewer=reviewer)
+
+
+@transaction.atomic
+def drawing_confirm(*, drawings: Iterable[Drawing], reviewer: AbstractBaseUser) -> list[Drawing]:
+    """Return the drawings, each labelled with its own prediction: `reviewer` says the model was right."""
+    drawings = list(drawings)
+    for drawing in drawings:
+        drawing.true_label = drawing.predicted_label
+        drawing.is_excluded = False
+    return _drawings_save_review(drawings, reviewer=reviewer)
+
+
+@transaction.atomic
+def drawing_exclude(*, drawings: Iterable[Drawing], reviewer: AbstractBaseUser) -> list[Drawing]:
+    """Return the drawings marked "not a digit" by `reviewer`: no label, never used for training."""
+    drawings = list(drawings)
+    for drawing in drawings:
+        drawing.true_label = None
+        drawing.is_excluded = True
+    return _drawings_save_review(drawings, reviewer=reviewer)

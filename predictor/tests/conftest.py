@@ -80,3 +80,49 @@ def drawing(active_model, digit_png):
     """A stored drawing made by the visitor "visitor-a"."""
     png, _ = digit_png
     return services.drawing_create(data=png, visitor="visitor-a")
+
+
+@pytest.fixture
+def model_version(db):
+    """An active ModelVersion row (its files are never read), for tests that need no inference."""
+    from predictor.models import ModelVersion
+
+    return ModelVersion.objects.create(
+        version=1,
+        tflite="v1/model.tflite",
+        keras="v1/model.keras",
+        metrics={"mnist_test_accuracy": 0.991, "canvas_val_accuracy": 0.95},
+        is_active=True,
+    )
+
+
+@pytest.fixture
+def make_drawing(model_version, mnist_train):
+    """Return a function that stores a drawing with chosen fields; all rows share one stored MNIST image."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from predictor.models import Drawing
+
+    images, _ = mnist_train
+    image_name = default_storage.save("drawings/shared.png", ContentFile(canvas_png(images[0])))
+
+    def make(*, predicted_label=5, confidence=0.99, **fields):
+        probabilities = [(1 - confidence) / 9] * 10
+        probabilities[predicted_label] = confidence
+        values = {
+            "visitor": "visitor-a",
+            "image": image_name,
+            "image_width": 280,
+            "image_height": 280,
+            "input_pixels": images[0].tobytes(),
+            "model_version": model_version,
+            "predicted_label": predicted_label,
+            "confidence": confidence,
+            "probabilities": probabilities,
+            "processing_ms": 1.0,
+            **fields,
+        }
+        return Drawing.objects.create(**values)
+
+    return make

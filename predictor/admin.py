@@ -1,0 +1,351 @@
+"""Staff review: the drawing queue (least confident first), relabelling, and the model registry with its dashboard."""
+
+import json
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, F, Q
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from predictor import selectors, services
+from predictor.models import Drawing, ModelVersion
+
+# (parameter value, label, lower bound inclusive, upper bound exclusive) of the confidence filter.
+CONFIDENCE_BANDS = (
+    ("lt50", _("below 50%"), 0.0, 0.5),
+    ("50-80", _("50% to 80%"), 0.5, 0.8),
+    ("80-95", _("80% to 95%"), 0.8, 0.95),
+    ("ge95", _("95% and above"), 0.95, 1.01),
+)
+
+
+class ReviewStatusFilter(admin.SimpleListFilter):
+    title = _("review status")
+    parameter_name = "review"
+
+    def lookups(self, request, model_admin):
+        return (
+            ("needed", _("Needs review")),
+            ("disputed", _("Visitor disagreed")),
+            ("unreviewed", _("Not reviewed")),
+            ("reviewed", _("Reviewed")),
+            ("mistake", _("Model was wrong")),
+            ("excluded", _("Not a digit")),
+        )
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "needed":
+            return queryset.filter(selectors.review_queue_q())
+        if value == "disputed":
+            return queryset.filter(feedback_label__isnull=False).exclude(feedback_label=F("predicted_label"))
+        if value == "unreviewed":
+            return queryset.filter(true_label__isnull=True, is_excluded=False)
+        if value == "reviewed":
+            return queryset.filter(Q(true_label__isnull=False) | Q(is_excluded=True))
+        if value == "mistake":
+            return queryset.filter(true_label__isnull=False).exclude(true_label=F("predicted_label"))
+        if value == "excluded":
+            return queryset.filter(is_excluded=True)
+        return None
+
+
+class DatasetFilter(admin.SimpleListFilter):
+    title = _("fine-tuning dataset")
+    parameter_name = "dataset"
+
+    def lookups(self, request, model_admin):
+        return (("yes", _("In the dataset")), ("no", _("Not in the dataset")))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(selectors.finetuning_dataset_q())
+        if self.value() == "no":
+            return queryset.exclude(selectors.finetuning_dataset_q())
+        return None
+
+
+class ConfidenceBandFilter(admin.SimpleListFilter):
+    title = _("confidence")
+    parameter_name = "confidence"
+
+    def lookups(self, request, model_admin):
+        return [(value, label) for value, label, _low, _high in CONFIDENCE_BANDS]
+
+    def queryset(self, request, queryset):
+        for value, _label, low, high in CONFIDENCE_BANDS:
+            if self.value() == value:
+                return queryset.filter(confidence__gte=low, confidence__lt=high)
+        return None
+
+
+def _log_review(modeladmin, request, drawings: list[Drawing], message: str) -> None:
+    """Write one admin history entry per reviewed drawing and tell the reviewer how many changed."""
+    LogEntry.objects.log_actions(user_id=request.user.pk, queryset=drawings, action_flag=CHANGE, change_message=message)
+    count = len(drawings)
+    summary = ngettext("%(count)d drawing: %(message)s", "%(count)d drawings: %(message)s", count)
+    modeladmin.message_user(request, summary % {"count": count, "message": message}, messages.SUCCESS)
+
+
+@admin.action(description=_("Prediction is correct"), permissions=["change"])
+def confirm_prediction(modeladmin, request, queryset):
+    drawings = services.drawing_confirm(drawings=queryset, reviewer=request.user)
+    _log_review(modeladmin, request, drawings, str(_("prediction confirmed as the reviewer label.")))
+
+
+def relabel_action(digit: int):
+    """Return the admin action that gives the selected drawings the reviewer label `digit`."""
+
+    @admin.action(description=_("Relabel as %(digit)d") % {"digit": digit}, permissions=["change"])
+    def relabel(modeladmin, request, queryset):
+        drawings = services.drawing_relabel(drawings=queryset, true_label=digit, reviewer=request.user)
+        _log_review(modeladmin, request, drawings, str(_("relabelled as %(digit)d.") % {"digit": digit}))
+
+    relabel.__name__ = f"relabel_as_{digit}"
+    return relabel
+
+
+@admin.action(description=_("Not a digit (exclude)"), permissions=["change"])
+def exclude_drawing(modeladmin, request, queryset):
+    drawings = services.drawing_exclude(drawings=queryset, reviewer=request.user)
+    _log_review(modeladmin, request, drawings, str(_("excluded as not a digit.")))
+
+
+@admin.register(Drawing)
+class DrawingAdmin(admin.ModelAdmin):
+    list_display = (
+        "thumbnail",
+        "model_input",
+        "predicted_label",
+        "confidence_percent",
+        "visitor_feedback",
+        "true_label",
+        "is_excluded",
+        "model_version",
+        "created_at",
+    )
+    list_editable = ("true_label", "is_excluded")
+    list_filter = (
+        ReviewStatusFilter,
+        DatasetFilter,
+        "predicted_label",
+        "true_label",
+        "feedback_label",
+        "model_version",
+        ConfidenceBandFilter,
+        "created_at",
+    )
+    list_select_related = ("model_version", "reviewed_by")
+    list_per_page = 50
+    # Counting every drawing on each page load is a full scan that tells a reviewer nothing.
+    show_full_result_count = False
+    ordering = ("confidence",)
+    search_fields = ("id", "=visitor")
+    actions = (confirm_prediction, *(relabel_action(digit) for digit in range(10)), exclude_drawing)
+    fieldsets = (
+        (None, {"fields": (("drawing_large", "model_input_large"),)}),
+        (
+            _("What the model read"),
+            {"fields": ("predicted_label", "confidence_percent", "probability_chart", "model_version", "created_at")},
+        ),
+        (_("Visitor feedback"), {"fields": ("visitor_feedback", "feedback_at")}),
+        (_("Review"), {"fields": ("true_label", "is_excluded", "reviewed_by", "reviewed_at")}),
+    )
+    readonly_fields = (
+        "drawing_large",
+        "model_input_large",
+        "predicted_label",
+        "confidence_percent",
+        "probability_chart",
+        "model_version",
+        "created_at",
+        "visitor_feedback",
+        "feedback_at",
+        "reviewed_by",
+        "reviewed_at",
+    )
+
+    @admin.display(description=_("drawing"))
+    def thumbnail(self, drawing):
+        return format_html(
+            '<img class="drawing-thumb" src="{}" loading="lazy" width="56" height="56" alt="{}">',
+            reverse("predictor:drawing-image", args=[drawing.id]),
+            _("Drawing %(id)s") % {"id": drawing.id},
+        )
+
+    @admin.display(description=_("model input"))
+    def model_input(self, drawing):
+        return format_html(
+            '<img class="pixelated" src="{}" width="56" height="56" alt="{}">',
+            drawing.input_image_data_url,
+            _("The 28 by 28 pixels the model saw"),
+        )
+
+    @admin.display(description=_("drawing"))
+    def drawing_large(self, drawing):
+        return format_html(
+            '<img class="drawing-large" src="{}" alt="{}">',
+            reverse("predictor:drawing-image", args=[drawing.id]),
+            _("The drawing as submitted"),
+        )
+
+    @admin.display(description=_("model input (28×28)"))
+    def model_input_large(self, drawing):
+        return format_html(
+            '<img class="pixelated" src="{}" width="224" height="224" alt="{}">',
+            drawing.input_image_data_url,
+            _("The 28 by 28 pixels the model saw"),
+        )
+
+    @admin.display(description=_("confidence"), ordering="confidence")
+    def confidence_percent(self, drawing):
+        low = drawing.confidence < settings.DIGIT_LOW_CONFIDENCE
+        return format_html('<span class="{}">{}</span>', "confidence-low" if low else "", f"{drawing.confidence:.0%}")
+
+    @admin.display(description=_("visitor feedback"), ordering="feedback_label")
+    def visitor_feedback(self, drawing):
+        if drawing.feedback_label is None:
+            return self.get_empty_value_display()
+        if drawing.feedback_label == drawing.predicted_label:
+            return format_html('<span class="feedback-agrees" title="{}">✓ {}</span>', _("agrees"), drawing.feedback_label)
+        return format_html(
+            '<strong class="feedback-disagrees" title="{}">✗ {}</strong>', _("says it is another digit"), drawing.feedback_label
+        )
+
+    @admin.display(description=_("probabilities"))
+    def probability_chart(self, drawing):
+        rows = format_html_join(
+            "",
+            '<li class="{}"><span class="chart-label">{}</span>'
+            '<span class="chart-track" aria-hidden="true"><span class="chart-bar" style="width: {}%"></span></span>'
+            '<span class="chart-value">{}</span></li>',
+            (
+                ("is-predicted" if digit == drawing.predicted_label else "", digit, f"{p * 100:.1f}", f"{p:.1%}")
+                for digit, p in enumerate(drawing.probabilities)
+            ),
+        )
+        return format_html('<ol class="probability-chart">{}</ol>', rows)
+
+    def has_add_permission(self, request):
+        # Drawings come from the prediction API, never from a form.
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def save_model(self, request, obj, form, change):
+        # Relabelling in the list or on the change page goes through the services, so who and when are recorded.
+        if obj.is_excluded:
+            services.drawing_exclude(drawings=[obj], reviewer=request.user)
+        else:
+            services.drawing_relabel(drawings=[obj], true_label=obj.true_label, reviewer=request.user)
+
+
+@admin.action(description=_("Activate this version (serve it from now on)"), permissions=["change"])
+def activate_version(modeladmin, request, queryset):
+    versions = list(queryset[:2])
+    if len(versions) != 1:
+        modeladmin.message_user(request, _("Select exactly one version to activate."), messages.ERROR)
+        return
+    version = services.model_version_activate(version=versions[0])
+    modeladmin.log_change(request, version, _("Activated."))
+    modeladmin.message_user(
+        request, _("Version %(version)d now answers predictions.") % {"version": version.version}, messages.SUCCESS
+    )
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = (
+        "__str__",
+        "is_active",
+        "mnist_test_accuracy",
+        "canvas_val_accuracy",
+        "reviewed_accuracy",
+        "drawings_judged",
+        "parent",
+        "created_at",
+    )
+    list_select_related = ("parent",)
+    actions = (activate_version,)
+    fields = ("version", "is_active", "parent", "created_at", "metrics_table", "training_data", "notes", "artefacts")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        dataset = Q(drawings__true_label__isnull=False, drawings__is_excluded=False)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                judged=Count("drawings"),
+                reviewed=Count("drawings", filter=dataset),
+                correct=Count("drawings", filter=dataset & Q(drawings__true_label=F("drawings__predicted_label"))),
+            )
+        )
+
+    def get_urls(self):
+        dashboard = self.admin_site.admin_view(self.dashboard_view)
+        return [path("dashboard/", dashboard, name="predictor_dashboard"), *super().get_urls()]
+
+    def dashboard_view(self, request):
+        """Return the model dashboard: per version, what it judged and how it did on reviewed drawings."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Model dashboard"),
+            "opts": self.opts,
+            "stats": selectors.model_version_stats(),
+            "counts": selectors.review_counts(),
+            "low_confidence": settings.DIGIT_LOW_CONFIDENCE,
+            "digits": range(10),
+        }
+        return TemplateResponse(request, "admin/predictor/dashboard.html", context)
+
+    @admin.display(description=_("MNIST test accuracy"))
+    def mnist_test_accuracy(self, version):
+        return _percent(version.metrics.get("mnist_test_accuracy"))
+
+    @admin.display(description=_("canvas validation accuracy"))
+    def canvas_val_accuracy(self, version):
+        return _percent(version.metrics.get("canvas_val_accuracy"))
+
+    @admin.display(description=_("accuracy on reviewed drawings"))
+    def reviewed_accuracy(self, version):
+        if not version.reviewed:
+            return self.get_empty_value_display()
+        return f"{version.correct / version.reviewed:.1%} ({version.correct}/{version.reviewed})"
+
+    @admin.display(description=_("drawings judged"), ordering="judged")
+    def drawings_judged(self, version):
+        return version.judged
+
+    @admin.display(description=_("metrics"))
+    def metrics_table(self, version):
+        return format_html("<pre>{}</pre>", json.dumps(version.metrics, indent=2, sort_keys=True))
+
+    @admin.display(description=_("artefacts"))
+    def artefacts(self, version):
+        return format_html("{}<br>{}", version.tflite.name, version.keras.name)
+
+    def has_add_permission(self, request):
+        # Versions are registered by the train and retrain commands.
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        # Changing the list means running "activate"; a version's own page stays read-only.
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+def _percent(value: float | None) -> str:
+    """Return a share as a percentage with one decimal, or a dash when it is unknown."""
+    return "—" if value is None else f"{value:.1%}"

@@ -1,0 +1,132 @@
+"""Read-only queries for the review queue, the fine-tuning dataset and the model dashboard."""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.conf import settings
+from django.db.models import Count, F, Q, QuerySet
+
+from predictor.inference import NUM_CLASSES
+from predictor.models import Drawing, ModelVersion
+from predictor.preprocessing import preprocess
+
+
+def review_queue_q() -> Q:
+    """Return the condition for "needs review": unreviewed, and unsure or disputed by the visitor."""
+    unsure = Q(confidence__lt=settings.DIGIT_LOW_CONFIDENCE)
+    disputed = Q(feedback_label__isnull=False) & ~Q(feedback_label=F("predicted_label"))
+    return Q(true_label__isnull=True, is_excluded=False) & (unsure | disputed)
+
+
+def finetuning_dataset_q() -> Q:
+    """Return the condition for the fine-tuning dataset: a reviewer label and not excluded."""
+    return Q(true_label__isnull=False, is_excluded=False)
+
+
+def drawing_review_queue(*, drawings: QuerySet[Drawing] | None = None) -> QuerySet[Drawing]:
+    """Return the drawings (of `drawings`, default all) that need a reviewer, least confident first."""
+    drawings = Drawing.objects.all() if drawings is None else drawings
+    return drawings.filter(review_queue_q()).order_by("confidence", "id")
+
+
+def finetuning_dataset(*, drawings: QuerySet[Drawing] | None = None) -> QuerySet[Drawing]:
+    """Return the drawings (of `drawings`, default all) that form the fine-tuning dataset, ordered by id."""
+    drawings = Drawing.objects.all() if drawings is None else drawings
+    return drawings.filter(finetuning_dataset_q()).order_by("id")
+
+
+@dataclass
+class ModelVersionStats:
+    """How one model version did on the drawings it judged."""
+
+    version: ModelVersion
+    judged: int
+    reviewed: int
+    correct: int
+    low_confidence: int
+    disputed: int
+    excluded: int
+    # confusion[true_label][predicted_label] counts reviewed drawings.
+    confusion: list[list[int]] = field(default_factory=lambda: [[0] * NUM_CLASSES for _ in range(NUM_CLASSES)])
+
+    @property
+    def accuracy(self) -> float | None:
+        """Return the share of reviewed drawings predicted right, or None before any review."""
+        return self.correct / self.reviewed if self.reviewed else None
+
+    @property
+    def low_confidence_share(self) -> float | None:
+        """Return the share of judged drawings below the review threshold, or None without drawings."""
+        return self.low_confidence / self.judged if self.judged else None
+
+    @property
+    def confusion_rows(self) -> list[tuple[int, int, list[tuple[int, int]]]]:
+        """Return (true_label, row total, [(predicted_label, count), ...]) for each row of the confusion matrix."""
+        return [(label, sum(row), list(enumerate(row))) for label, row in enumerate(self.confusion)]
+
+
+def model_version_stats() -> list[ModelVersionStats]:
+    """Return the review statistics of every model version, newest first, in two queries."""
+    dataset = Q(drawings__true_label__isnull=False, drawings__is_excluded=False)
+    versions = ModelVersion.objects.select_related("parent").annotate(
+        judged=Count("drawings"),
+        reviewed=Count("drawings", filter=dataset),
+        correct=Count("drawings", filter=dataset & Q(drawings__true_label=F("drawings__predicted_label"))),
+        low_confidence=Count("drawings", filter=Q(drawings__confidence__lt=settings.DIGIT_LOW_CONFIDENCE)),
+        disputed=Count(
+            "drawings",
+            filter=Q(drawings__feedback_label__isnull=False)
+            & ~Q(drawings__feedback_label=F("drawings__predicted_label")),
+        ),
+        excluded=Count("drawings", filter=Q(drawings__is_excluded=True)),
+    )
+    stats = {
+        version.id: ModelVersionStats(
+            version=version,
+            judged=version.judged,
+            reviewed=version.reviewed,
+            correct=version.correct,
+            low_confidence=version.low_confidence,
+            disputed=version.disputed,
+            excluded=version.excluded,
+        )
+        for version in versions.order_by("-version")
+    }
+    cells = (
+        finetuning_dataset()
+        .order_by()
+        .values_list("model_version_id", "true_label", "predicted_label")
+        .annotate(count=Count("id"))
+    )
+    for version_id, true_label, predicted_label, count in cells:
+        stats[version_id].confusion[true_label][predicted_label] = count
+    return list(stats.values())
+
+
+def review_counts() -> dict[str, int]:
+    """Return {"drawings", "needs_review", "dataset"}: the sizes of everything, the queue and the dataset."""
+    return Drawing.objects.aggregate(
+        drawings=Count("id"),
+        needs_review=Count("id", filter=review_queue_q()),
+        dataset=Count("id", filter=finetuning_dataset_q()),
+    )
+
+
+def drawing_inputs(drawings: Iterable[Drawing]) -> Iterator[tuple[Drawing, np.ndarray | None, str]]:
+    """Yield (drawing, its 28x28 uint8 input recomputed from the stored image, "") or (drawing, None, reason).
+
+    The input comes from the stored image through the current preprocessing, exactly as serving would
+    compute it today; a missing or unreadable image gives a reason instead of stopping the caller.
+    """
+    for drawing in drawings:
+        try:
+            with drawing.image.open("rb") as image:
+                data = image.read()
+            pixels = preprocess(data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS)
+        except OSError as error:
+            yield drawing, None, f"image {drawing.image.name!r} cannot be read ({error.strerror or error})"
+        except ValueError as error:  # PreprocessingError, or a row without an image name
+            yield drawing, None, str(error)
+        else:
+            yield drawing, pixels.astype(np.uint8), ""

@@ -1,0 +1,413 @@
+from datetime import timedelta
+
+import pytest
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth.models import Group, Permission, User
+from django.urls import reverse
+from django.utils import timezone
+
+from predictor.models import Drawing, ModelVersion
+
+CHANGELIST = reverse("admin:predictor_drawing_changelist")
+DASHBOARD = reverse("admin:predictor_dashboard")
+REVIEWER_PERMISSIONS = {"view_drawing", "change_drawing", "view_modelversion"}
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def mixed(make_drawing):
+    """One drawing of each kind a reviewer meets, by name."""
+    return {
+        "unsure": make_drawing(predicted_label=3, confidence=0.41),
+        "sure": make_drawing(predicted_label=1, confidence=0.99),
+        "disputed": make_drawing(predicted_label=7, confidence=0.97, feedback_label=1),
+        "agreed": make_drawing(predicted_label=2, confidence=0.9, feedback_label=2),
+        "relabelled": make_drawing(predicted_label=5, confidence=0.6, true_label=6),
+        "confirmed": make_drawing(predicted_label=4, confidence=0.85, true_label=4),
+        "excluded": make_drawing(predicted_label=0, confidence=0.3, is_excluded=True),
+        "old": make_drawing(predicted_label=8, confidence=0.7, created_at=timezone.now() - timedelta(days=30)),
+    }
+
+
+@pytest.fixture
+def reviewer(db):
+    user = User.objects.create_user("reviewer", password="a long review password", is_staff=True)
+    user.groups.add(Group.objects.get(name="Reviewers"))
+    return user
+
+
+@pytest.fixture
+def reviewer_client(client, reviewer):
+    client.force_login(reviewer)
+    return client
+
+
+def listed(response) -> set:
+    assert response.status_code == 200, response.content[:500]
+    return {drawing.id for drawing in response.context["cl"].result_list}
+
+
+def names(mixed, *keys) -> set:
+    return {mixed[key].id for key in keys}
+
+
+def run_action(client, action, drawings, url=CHANGELIST):
+    data = {"action": action, "index": 0, "_selected_action": [str(d.id) for d in drawings]}
+    return client.post(url, data, follow=True)
+
+
+def changelist_formset_data(response) -> dict:
+    """Return the POST data of the changelist's editable rows as they are shown."""
+    formset = response.context["cl"].formset
+    data = {f"form-{key}": value for key, value in formset.management_form.initial.items()}
+    for form in formset.forms:
+        data[f"{form.prefix}-id"] = str(form.instance.id)
+        data[f"{form.prefix}-true_label"] = "" if form.instance.true_label is None else form.instance.true_label
+        if form.instance.is_excluded:
+            data[f"{form.prefix}-is_excluded"] = "on"
+    return {**data, "_save": "Save"}
+
+
+def form_prefix(response, drawing) -> str:
+    return next(form.prefix for form in response.context["cl"].formset.forms if form.instance.id == drawing.id)
+
+
+@pytest.mark.django_db
+def test_changelist_shows_drawing_input_labels_and_version(admin_client, mixed):
+    response = admin_client.get(CHANGELIST)
+    html = response.content.decode()
+
+    assert listed(response) == {d.id for d in mixed.values()}
+    assert reverse("predictor:drawing-image", args=[mixed["unsure"].id]) in html
+    assert 'loading="lazy"' in html
+    assert 'class="pixelated" src="data:image/png;base64,' in html
+    for heading in ("Predicted label", "Confidence", "Visitor feedback", "Reviewer label", "Model version", "Created"):
+        assert heading in html
+    assert "41%" in html and "v1 (active)" in html
+
+
+@pytest.mark.django_db
+def test_queue_shows_least_confident_first(admin_client, mixed):
+    response = admin_client.get(CHANGELIST)
+    confidences = [drawing.confidence for drawing in response.context["cl"].result_list]
+    assert confidences == sorted(confidences)
+
+
+@pytest.mark.django_db
+def test_needs_review_is_unreviewed_and_unsure_or_disputed(admin_client, mixed):
+    response = admin_client.get(CHANGELIST, {"review": "needed"})
+    assert listed(response) == names(mixed, "unsure", "disputed", "old")
+    assert [d.id for d in response.context["cl"].result_list][0] == mixed["unsure"].id
+
+
+@pytest.mark.django_db
+def test_needs_review_threshold_is_a_setting(admin_client, mixed, settings):
+    settings.DIGIT_LOW_CONFIDENCE = 0.5
+    assert listed(admin_client.get(CHANGELIST, {"review": "needed"})) == names(mixed, "unsure", "disputed")
+    settings.DIGIT_LOW_CONFIDENCE = 0.995
+    expected = names(mixed, "unsure", "sure", "disputed", "agreed", "old")
+    assert listed(admin_client.get(CHANGELIST, {"review": "needed"})) == expected
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ({"review": "disputed"}, {"disputed"}),
+        ({"review": "unreviewed"}, {"unsure", "sure", "disputed", "agreed", "old"}),
+        ({"review": "reviewed"}, {"relabelled", "confirmed", "excluded"}),
+        ({"review": "mistake"}, {"relabelled"}),
+        ({"review": "excluded"}, {"excluded"}),
+        ({"dataset": "yes"}, {"relabelled", "confirmed"}),
+        ({"dataset": "no"}, {"unsure", "sure", "disputed", "agreed", "excluded", "old"}),
+        ({"predicted_label__exact": "7"}, {"disputed"}),
+        ({"true_label__exact": "6"}, {"relabelled"}),
+        ({"feedback_label__exact": "2"}, {"agreed"}),
+        ({"confidence": "lt50"}, {"unsure", "excluded"}),
+        ({"confidence": "50-80"}, {"relabelled", "old"}),
+        ({"confidence": "80-95"}, {"agreed", "confirmed"}),
+        ({"confidence": "ge95"}, {"sure", "disputed"}),
+        ({"review": "needed", "confidence": "lt50"}, {"unsure"}),
+    ],
+)
+def test_each_filter_lists_the_right_drawings(admin_client, mixed, query, expected):
+    assert listed(admin_client.get(CHANGELIST, query)) == names(mixed, *expected)
+
+
+@pytest.mark.django_db
+def test_model_version_filter_lists_versions_and_filters(admin_client, mixed, make_drawing):
+    second = ModelVersion.objects.create(version=2, tflite="v2/model.tflite", keras="v2/model.keras")
+    newer = make_drawing(model_version=second)
+
+    response = admin_client.get(CHANGELIST, {"model_version__id__exact": second.id})
+    assert listed(response) == {newer.id}
+    spec = next(spec for spec in response.context["cl"].filter_specs if spec.title == "model version")
+    assert {str(label) for _, label in spec.lookup_choices} == {"v1 (active)", "v2"}
+
+
+@pytest.mark.django_db
+def test_date_filter_past_seven_days_leaves_out_older_drawings(admin_client, mixed):
+    response = admin_client.get(CHANGELIST)
+    spec = next(spec for spec in response.context["cl"].filter_specs if spec.title == "created")
+    choice = next(c for c in spec.choices(response.context["cl"]) if c["display"] == "Past 7 days")
+
+    recent = admin_client.get(CHANGELIST + choice["query_string"])
+    assert listed(recent) == {d.id for d in mixed.values()} - {mixed["old"].id}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "action, expected_label, expected_excluded",
+    [("confirm_prediction", "predicted", False), *((f"relabel_as_{d}", d, False) for d in range(10)),
+     ("exclude_drawing", None, True)],
+)
+def test_each_action_reviews_the_selected_drawings_and_logs_it(
+    admin_client, admin_user, mixed, action, expected_label, expected_excluded
+):
+    selected = [mixed["unsure"], mixed["disputed"], mixed["old"]]
+    response = run_action(admin_client, action, selected, url=CHANGELIST + "?review=needed")
+    assert response.status_code == 200
+    assert "3 drawings" in response.content.decode()
+
+    for drawing in selected:
+        drawing.refresh_from_db()
+        label = drawing.predicted_label if expected_label == "predicted" else expected_label
+        assert (drawing.true_label, drawing.is_excluded) == (label, expected_excluded)
+        assert drawing.reviewed_by == admin_user
+        assert timezone.now() - drawing.reviewed_at < timedelta(minutes=1)
+        entry = LogEntry.objects.get(object_id=str(drawing.id))
+        assert entry.action_flag == CHANGE and entry.user == admin_user and entry.get_change_message()
+    untouched = Drawing.objects.exclude(id__in=[d.id for d in selected])
+    assert not untouched.filter(reviewed_by__isnull=False).exists()
+    assert LogEntry.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_action_on_the_whole_queue_reviews_every_queued_drawing(admin_client, mixed):
+    data = {"action": "confirm_prediction", "index": 0, "select_across": 1, "_selected_action": [str(mixed["unsure"].id)]}
+    admin_client.post(CHANGELIST + "?review=needed", data)
+
+    assert set(Drawing.objects.filter(reviewed_by__isnull=False).values_list("id", flat=True)) == names(
+        mixed, "unsure", "disputed", "old"
+    )
+    assert Drawing.objects.get(id=mixed["disputed"].id).true_label == 7  # its prediction, not the visitor's claim
+    assert listed(admin_client.get(CHANGELIST, {"review": "needed"})) == set()
+
+
+@pytest.mark.django_db
+def test_search_finds_a_drawing_by_id(admin_client, mixed):
+    assert listed(admin_client.get(CHANGELIST, {"q": str(mixed["old"].id)})) == {mixed["old"].id}
+
+
+@pytest.mark.django_db
+def test_actions_are_offered_by_name(admin_client, mixed):
+    choices = dict(admin_client.get(CHANGELIST).context["action_form"].fields["action"].choices)
+    assert choices["confirm_prediction"] == "Prediction is correct"
+    assert [choices[f"relabel_as_{d}"] for d in range(10)] == [f"Relabel as {d}" for d in range(10)]
+    assert choices["exclude_drawing"] == "Not a digit (exclude)"
+
+
+@pytest.mark.django_db
+def test_relabel_in_the_list_records_reviewer_and_history(admin_client, admin_user, mixed):
+    page = admin_client.get(CHANGELIST, {"review": "needed"})
+    data = changelist_formset_data(page)
+    data[f"{form_prefix(page, mixed['unsure'])}-true_label"] = "8"
+    data[f"{form_prefix(page, mixed['disputed'])}-is_excluded"] = "on"
+
+    response = admin_client.post(CHANGELIST + "?review=needed", data)
+    assert response.status_code == 302, response.context and response.context["cl"].formset.errors
+
+    unsure, disputed, old = (Drawing.objects.get(id=mixed[k].id) for k in ("unsure", "disputed", "old"))
+    assert (unsure.true_label, unsure.is_excluded, unsure.reviewed_by) == (8, False, admin_user)
+    assert unsure.reviewed_at is not None
+    assert (disputed.true_label, disputed.is_excluded, disputed.reviewed_by) == (None, True, admin_user)
+    assert old.reviewed_by is None and old.true_label is None
+    assert "Reviewer label" in LogEntry.objects.get(object_id=str(unsure.id)).get_change_message()
+    assert listed(admin_client.get(CHANGELIST, {"review": "needed"})) == {old.id}
+
+
+@pytest.mark.django_db
+def test_change_page_shows_drawing_input_chart_and_feedback(admin_client, mixed):
+    drawing = mixed["disputed"]
+    response = admin_client.get(reverse("admin:predictor_drawing_change", args=[drawing.id]))
+    html = response.content.decode()
+
+    assert response.status_code == 200
+    assert 'class="drawing-large" src="{}"'.format(reverse("predictor:drawing-image", args=[drawing.id])) in html
+    assert 'class="pixelated" src="data:image/png;base64,' in html
+    assert html.count('<span class="chart-label">') == 10
+    assert 'class="is-predicted"><span class="chart-label">7</span>' in html
+    assert "97.0%" in html
+    assert "feedback-disagrees" in html and "✗ 1" in html
+    form = response.context["adminform"].form
+    assert set(form.fields) == {"true_label", "is_excluded"}
+
+
+@pytest.mark.django_db
+def test_change_page_relabels_and_ignores_read_only_fields(admin_client, admin_user, mixed):
+    drawing = mixed["unsure"]
+    url = reverse("admin:predictor_drawing_change", args=[drawing.id])
+    response = admin_client.post(url, {"true_label": "9", "predicted_label": "1", "confidence": "1"})
+
+    assert response.status_code == 302
+    drawing.refresh_from_db()
+    assert (drawing.true_label, drawing.predicted_label, drawing.confidence) == (9, 3, 0.41)
+    assert drawing.reviewed_by == admin_user and drawing.reviewed_at is not None
+    assert LogEntry.objects.filter(object_id=str(drawing.id), action_flag=CHANGE).exists()
+
+
+@pytest.mark.django_db
+def test_drawings_cannot_be_added_and_only_superusers_delete(admin_client, reviewer_client, mixed):
+    assert admin_client.get(reverse("admin:predictor_drawing_add")).status_code == 403
+    delete_url = reverse("admin:predictor_drawing_delete", args=[mixed["sure"].id])
+    assert admin_client.get(delete_url).status_code == 200
+    assert reviewer_client.get(delete_url).status_code == 403
+    actions = reviewer_client.get(CHANGELIST).context["action_form"].fields["action"].choices
+    assert "delete_selected" not in dict(actions)
+    assert "delete_selected" in dict(admin_client.get(CHANGELIST).context["action_form"].fields["action"].choices)
+
+    response = run_action(reviewer_client, "delete_selected", [mixed["sure"]])
+    assert Drawing.objects.filter(id=mixed["sure"].id).exists()
+    assert response.status_code == 200
+
+
+@pytest.mark.django_db
+def test_reviewers_group_has_exactly_the_review_permissions():
+    group = Group.objects.get(name="Reviewers")
+    codenames = set(group.permissions.values_list("codename", flat=True))
+    assert codenames == REVIEWER_PERMISSIONS
+    assert set(group.permissions.values_list("content_type__app_label", flat=True)) == {"predictor"}
+    # The migration's permissions are the ones Django itself makes, not look-alikes.
+    assert Permission.objects.filter(codename__in=REVIEWER_PERMISSIONS).count() == 3
+
+
+@pytest.mark.django_db
+def test_reviewer_can_review_but_not_manage_users_or_models(reviewer_client, reviewer, mixed):
+    assert reviewer_client.get(reverse("admin:index")).status_code == 200
+    assert reviewer_client.get(reverse("admin:auth_user_changelist")).status_code == 403
+    assert reviewer_client.get(reverse("admin:auth_group_changelist")).status_code == 403
+    assert reviewer_client.get(DASHBOARD).status_code == 200
+
+    versions = reviewer_client.get(reverse("admin:predictor_modelversion_changelist"))
+    assert versions.status_code == 200 and versions.context["action_form"] is None
+    version_page = reviewer_client.get(reverse("admin:predictor_modelversion_change", args=[mixed["sure"].model_version_id]))
+    assert version_page.status_code == 200 and not version_page.context["has_change_permission"]
+
+    run_action(reviewer_client, "relabel_as_3", [mixed["unsure"]])
+    mixed["unsure"].refresh_from_db()
+    assert mixed["unsure"].true_label == 3 and mixed["unsure"].reviewed_by == reviewer
+
+
+@pytest.mark.django_db
+def test_staff_without_review_permissions_is_refused(client, mixed):
+    client.force_login(User.objects.create_user("clerk", is_staff=True))
+    assert client.get(CHANGELIST).status_code == 403
+    assert client.get(DASHBOARD).status_code == 403
+    assert client.get(reverse("admin:predictor_drawing_change", args=[mixed["sure"].id])).status_code == 403
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("logged_in", [False, True])
+def test_non_staff_are_sent_to_the_admin_login(client, mixed, logged_in):
+    if logged_in:
+        client.force_login(User.objects.create_user("visitor"))
+    for url in (reverse("admin:index"), CHANGELIST, DASHBOARD,
+                reverse("admin:predictor_drawing_change", args=[mixed["sure"].id])):
+        response = client.get(url)
+        assert response.status_code == 302 and response.url.startswith(reverse("admin:login"))
+    response = run_action(client, "relabel_as_3", [mixed["unsure"]])
+    mixed["unsure"].refresh_from_db()
+    assert mixed["unsure"].true_label is None
+
+
+@pytest.mark.django_db
+def test_non_staff_cannot_see_other_visitors_drawing_images(client, mixed):
+    client.force_login(User.objects.create_user("visitor"))
+    assert client.get(reverse("predictor:drawing-image", args=[mixed["sure"].id])).status_code == 404
+
+
+@pytest.mark.django_db
+def test_staff_see_drawing_images_for_thumbnails(admin_client, mixed):
+    response = admin_client.get(reverse("predictor:drawing-image", args=[mixed["sure"].id]))
+    assert response.status_code == 200 and b"".join(response.streaming_content).startswith(b"\x89PNG")
+
+
+@pytest.mark.django_db
+def test_admin_index_links_to_the_queue_dataset_and_dashboard(reviewer_client):
+    html = reviewer_client.get(reverse("admin:index")).content.decode()
+    assert f'href="{CHANGELIST}?review=needed"' in html
+    assert f'href="{CHANGELIST}?dataset=yes"' in html
+    assert f'href="{DASHBOARD}"' in html
+
+
+@pytest.mark.django_db
+def test_model_versions_are_listed_with_metrics_and_drawing_counts(admin_client, mixed):
+    response = admin_client.get(reverse("admin:predictor_modelversion_changelist"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "99.1%" in html and "95.0%" in html
+    assert "50.0% (1/2)" in html  # accuracy on the two reviewed drawings
+    assert response.context["cl"].result_list[0].judged == len(mixed)
+    assert admin_client.get(reverse("admin:predictor_modelversion_add")).status_code == 403
+
+
+@pytest.mark.django_db
+def test_activate_action_switches_the_active_version_and_logs_it(admin_client, model_version):
+    second = ModelVersion.objects.create(version=2, tflite="v2/model.tflite", keras="v2/model.keras")
+    url = reverse("admin:predictor_modelversion_changelist")
+
+    run_action(admin_client, "activate_version", [second], url=url)
+    assert list(ModelVersion.objects.filter(is_active=True)) == [second]
+    assert LogEntry.objects.get(object_id=str(second.id)).get_change_message() == "Activated."
+
+    response = run_action(admin_client, "activate_version", [model_version, second], url=url)
+    assert "Select exactly one version" in response.content.decode()
+    assert list(ModelVersion.objects.filter(is_active=True)) == [second]
+
+    run_action(admin_client, "activate_version", [model_version], url=url)  # rolling back is the same action
+    assert list(ModelVersion.objects.filter(is_active=True)) == [model_version]
+
+
+@pytest.mark.django_db
+def test_dashboard_shows_accuracy_confusion_and_dataset_size(reviewer_client, mixed, make_drawing):
+    make_drawing(predicted_label=5, confidence=0.9, true_label=5)
+    response = reviewer_client.get(DASHBOARD)
+    html = response.content.decode()
+
+    assert response.status_code == 200
+    [stats] = response.context["stats"]
+    assert (stats.judged, stats.reviewed, stats.correct, stats.excluded) == (9, 3, 2, 1)
+    assert stats.confusion[6][5] == 1 and stats.confusion[4][4] == 1 and stats.confusion[5][5] == 1
+    assert response.context["counts"] == {"drawings": 9, "needs_review": 3, "dataset": 3}
+    assert "67% (2/3)" in html
+    assert "true_label__exact=6&amp;predicted_label__exact=5" in html
+    assert "Confusion matrix" in html
+
+
+@pytest.mark.django_db
+def test_ten_thousand_drawings_list_in_a_constant_number_of_queries(
+    admin_client, reviewer_client, make_drawing, django_assert_max_num_queries
+):
+    template = make_drawing()
+    fields = {f.attname: getattr(template, f.attname) for f in Drawing._meta.concrete_fields if not f.primary_key}
+    rows = []
+    for i in range(10_000):
+        confidence = (i % 1000) / 1000
+        rows.append(Drawing(**{**fields, "confidence": confidence, "predicted_label": i % 10,
+                               "feedback_label": (i * 7) % 10 if i % 3 == 0 else None}))
+    Drawing.objects.bulk_create(rows, batch_size=1000)
+
+    for client, query in ((admin_client, {}), (admin_client, {"review": "needed"}), (reviewer_client, {"dataset": "no"}),
+                          (reviewer_client, {"review": "needed", "confidence": "lt50", "predicted_label__exact": "3"})):
+        # Session, user, (the reviewer's permissions,) model versions for the filter, count, one page of rows.
+        with django_assert_max_num_queries(7):
+            response = client.get(CHANGELIST, query)
+        assert response.status_code == 200 and len(response.context["cl"].result_list) == 50
+    with django_assert_max_num_queries(6):
+        assert admin_client.get(DASHBOARD).status_code == 200
+    with django_assert_max_num_queries(6):
+        assert admin_client.get(reverse("admin:predictor_modelversion_changelist")).status_code == 200
