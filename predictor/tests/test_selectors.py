@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+
+from predictor import selectors
+from predictor.models import ModelVersion
+from predictor.preprocessing import preprocess
+from predictor.tests.conftest import canvas_png
+
+
+@pytest.fixture
+def second_version(db):
+    return ModelVersion.objects.create(version=2, tflite="v2/model.tflite", keras="v2/model.keras")
+
+
+@pytest.mark.django_db
+def test_review_queue_holds_unsure_and_disputed_unreviewed_drawings_least_confident_first(make_drawing):
+    unsure = make_drawing(confidence=0.5)
+    less_sure = make_drawing(confidence=0.2)
+    disputed = make_drawing(predicted_label=4, confidence=0.99, feedback_label=9)
+    make_drawing(confidence=0.99)
+    make_drawing(predicted_label=4, confidence=0.99, feedback_label=4)
+    make_drawing(confidence=0.3, true_label=5)
+    make_drawing(confidence=0.3, is_excluded=True)
+
+    assert list(selectors.drawing_review_queue()) == [less_sure, unsure, disputed]
+
+
+@pytest.mark.django_db
+def test_review_queue_threshold_comes_from_settings(make_drawing, settings):
+    drawing = make_drawing(confidence=0.85)
+    assert not selectors.drawing_review_queue().exists()
+    settings.DIGIT_LOW_CONFIDENCE = 0.9
+    assert list(selectors.drawing_review_queue()) == [drawing]
+
+
+@pytest.mark.django_db
+def test_finetuning_dataset_is_exactly_the_labelled_drawings_not_excluded(make_drawing):
+    labelled = [make_drawing(true_label=label) for label in (3, 5, 5)]
+    make_drawing()
+    make_drawing(feedback_label=2)
+    make_drawing(is_excluded=True)
+    make_drawing(true_label=1, is_excluded=True)
+
+    dataset = list(selectors.finetuning_dataset())
+    assert set(dataset) == set(labelled)
+    assert [d.id for d in dataset] == sorted(d.id for d in labelled)
+
+
+@pytest.mark.django_db
+def test_model_version_stats_give_accuracy_confusion_and_low_confidence_share(
+    make_drawing, model_version, second_version, django_assert_num_queries
+):
+    make_drawing(predicted_label=3, confidence=0.5, true_label=3)
+    make_drawing(predicted_label=3, confidence=0.9, true_label=8)
+    make_drawing(predicted_label=7, confidence=0.95, true_label=7)
+    make_drawing(predicted_label=1, confidence=0.4, feedback_label=7)
+    make_drawing(predicted_label=0, confidence=0.3, is_excluded=True)
+    make_drawing(predicted_label=2, confidence=0.99, true_label=2, model_version=second_version)
+
+    with django_assert_num_queries(2):
+        newest, oldest = selectors.model_version_stats()
+
+    assert (newest.version, oldest.version) == (second_version, model_version)
+    assert (oldest.judged, oldest.reviewed, oldest.correct, oldest.disputed, oldest.excluded) == (5, 3, 2, 1, 1)
+    assert oldest.accuracy == pytest.approx(2 / 3)
+    assert oldest.low_confidence_share == pytest.approx(3 / 5)
+    expected = np.zeros((10, 10), int)
+    expected[3, 3] = expected[8, 3] = expected[7, 7] = 1
+    np.testing.assert_array_equal(oldest.confusion, expected)
+    assert oldest.confusion_rows[8] == (8, 1, [(p, int(p == 3)) for p in range(10)])
+    assert (newest.judged, newest.accuracy, newest.confusion[2][2]) == (1, 1.0, 1)
+
+
+@pytest.mark.django_db
+def test_model_version_without_drawings_has_no_accuracy(model_version):
+    [stats] = selectors.model_version_stats()
+    assert (stats.judged, stats.accuracy, stats.low_confidence_share) == (0, None, None)
+    assert sum(map(sum, stats.confusion)) == 0
+
+
+@pytest.mark.django_db
+def test_review_counts(make_drawing):
+    make_drawing(confidence=0.2)
+    make_drawing(true_label=1)
+    make_drawing()
+    assert selectors.review_counts() == {"drawings": 3, "needs_review": 1, "dataset": 1}
+
+
+@pytest.mark.django_db
+def test_drawing_inputs_recompute_from_stored_images_and_report_bad_ones(make_drawing, mnist_train):
+    images, _ = mnist_train
+    png = canvas_png(images[3])
+    good = make_drawing(image=default_storage.save("drawings/good.png", ContentFile(png)))
+    missing = make_drawing(image="drawings/gone.png")
+    corrupt = make_drawing(image=default_storage.save("drawings/corrupt.png", ContentFile(b"\x89PNG broken")))
+
+    results = {drawing.id: (pixels, reason) for drawing, pixels, reason in selectors.drawing_inputs([good, missing, corrupt])}
+
+    pixels, reason = results[good.id]
+    assert reason == "" and pixels.dtype == np.uint8 and pixels.shape == (28, 28)
+    np.testing.assert_array_equal(pixels, preprocess(png))
+    assert results[missing.id][0] is None and "gone.png" in results[missing.id][1]
+    assert results[corrupt.id][0] is None and results[corrupt.id][1]
