@@ -35,13 +35,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 # JPEG start-of-frame markers carry the image size; C4, C8 and CC share the range but are other segments.
 JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-BASE64_CHARACTER = re.compile(r"[^A-Za-z0-9+/=]")
+NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 
 
 class PreprocessingError(ValueError):
     """A drawing that cannot be turned into model input; str(error) tells the person what to do."""
 
-    code = "preprocessing_error"
+    code: str = "preprocessing_error"
 
 
 class InvalidImage(PreprocessingError):
@@ -91,7 +91,7 @@ def decode_payload(text: str) -> bytes:
     text = "".join(text.split())
     if not text:
         raise InvalidImage("The image data is empty.")
-    if bad := BASE64_CHARACTER.search(text):
+    if bad := NOT_BASE64.search(text):
         raise InvalidImage(
             f"The image data is not valid base64: unexpected character {bad.group()!r} "
             f"at position {bad.start()}."

@@ -134,6 +134,12 @@ def test_any_stroke_colour_on_any_background_gives_the_same_input(reference, bac
     assert_close(preprocess(encode(draw(background=background, ink=ink))), reference, mean=0.5)
 
 
+def test_opaque_background_is_read_by_colour_even_where_alpha_is_used(reference):
+    pixels = np.array(draw(background=WHITE))
+    pixels[100:200, :, 3] = 128  # a half-transparent band across the digit and the background
+    assert_close(preprocess(encode(Image.fromarray(pixels))), reference, mean=0.5)
+
+
 def test_black_on_white_and_red_on_transparent_are_nearly_identical():
     on_white = preprocess(encode(draw("1", background=WHITE, ink=BLACK)))
     on_transparent = preprocess(encode(draw("1", background=TRANSPARENT, ink=(220, 0, 0, 255))))
