@@ -87,7 +87,9 @@ class ConfidenceBandFilter(admin.SimpleListFilter):
 
 def _log_review(modeladmin, request, drawings: list[Drawing], message: str) -> None:
     """Write one admin history entry per reviewed drawing and tell the reviewer how many changed."""
-    LogEntry.objects.log_actions(user_id=request.user.pk, queryset=drawings, action_flag=CHANGE, change_message=message)
+    LogEntry.objects.log_actions(
+        user_id=request.user.pk, queryset=drawings, action_flag=CHANGE, change_message=message
+    )
     count = len(drawings)
     summary = ngettext("%(count)d drawing: %(message)s", "%(count)d drawings: %(message)s", count)
     modeladmin.message_user(request, summary % {"count": count, "message": message}, messages.SUCCESS)
@@ -210,12 +212,21 @@ class DrawingAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("visitor feedback"), ordering="feedback_label")
     def visitor_feedback(self, drawing):
-        if drawing.feedback_label is None:
+        label = drawing.feedback_label
+        if label is None:
             return self.get_empty_value_display()
-        if drawing.feedback_label == drawing.predicted_label:
-            return format_html('<span class="feedback-agrees" title="{}">✓ {}</span>', _("agrees"), drawing.feedback_label)
+        if label == drawing.predicted_label:
+            return format_html(
+                '<span class="feedback-agrees">'
+                '<span aria-hidden="true">✓</span> {} <span class="visually-hidden">{}</span></span>',
+                label,
+                _("(agrees with the prediction)"),
+            )
         return format_html(
-            '<strong class="feedback-disagrees" title="{}">✗ {}</strong>', _("says it is another digit"), drawing.feedback_label
+            '<strong class="feedback-disagrees">'
+            '<span aria-hidden="true">✗</span> {} <span class="visually-hidden">{}</span></strong>',
+            label,
+            _("(says the prediction is wrong)"),
         )
 
     @admin.display(description=_("probabilities"))

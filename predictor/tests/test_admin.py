@@ -188,7 +188,7 @@ def test_each_action_reviews_the_selected_drawings_and_logs_it(
 
 @pytest.mark.django_db
 def test_action_on_the_whole_queue_reviews_every_queued_drawing(admin_client, mixed):
-    data = {"action": "confirm_prediction", "index": 0, "select_across": 1, "_selected_action": [str(mixed["unsure"].id)]}
+    data = {"action": "confirm_prediction", "index": 0, "select_across": 1, "_selected_action": [mixed["unsure"].id]}
     admin_client.post(CHANGELIST + "?review=needed", data)
 
     assert set(Drawing.objects.filter(reviewed_by__isnull=False).values_list("id", flat=True)) == names(
@@ -242,7 +242,7 @@ def test_change_page_shows_drawing_input_chart_and_feedback(admin_client, mixed)
     assert html.count('<span class="chart-label">') == 10
     assert 'class="is-predicted"><span class="chart-label">7</span>' in html
     assert "97.0%" in html
-    assert "feedback-disagrees" in html and "✗ 1" in html
+    assert '<strong class="feedback-disagrees"><span aria-hidden="true">✗</span> 1' in html
     form = response.context["adminform"].form
     assert set(form.fields) == {"true_label", "is_excluded"}
 
@@ -294,7 +294,8 @@ def test_reviewer_can_review_but_not_manage_users_or_models(reviewer_client, rev
 
     versions = reviewer_client.get(reverse("admin:predictor_modelversion_changelist"))
     assert versions.status_code == 200 and versions.context["action_form"] is None
-    version_page = reviewer_client.get(reverse("admin:predictor_modelversion_change", args=[mixed["sure"].model_version_id]))
+    version_url = reverse("admin:predictor_modelversion_change", args=[mixed["sure"].model_version_id])
+    version_page = reviewer_client.get(version_url)
     assert version_page.status_code == 200 and not version_page.context["has_change_permission"]
 
     run_action(reviewer_client, "relabel_as_3", [mixed["unsure"]])
@@ -393,16 +394,29 @@ def test_ten_thousand_drawings_list_in_a_constant_number_of_queries(
     admin_client, reviewer_client, make_drawing, django_assert_max_num_queries
 ):
     template = make_drawing()
-    fields = {f.attname: getattr(template, f.attname) for f in Drawing._meta.concrete_fields if not f.primary_key}
-    rows = []
-    for i in range(10_000):
-        confidence = (i % 1000) / 1000
-        rows.append(Drawing(**{**fields, "confidence": confidence, "predicted_label": i % 10,
-                               "feedback_label": (i * 7) % 10 if i % 3 == 0 else None}))
-    Drawing.objects.bulk_create(rows, batch_size=1000)
+    fields = {
+        f.attname: getattr(template, f.attname)
+        for f in Drawing._meta.concrete_fields
+        if f.attname not in ("id", "confidence", "predicted_label", "feedback_label", "true_label")
+    }
+    varied = (
+        {
+            "confidence": (i % 1000) / 1000,
+            "predicted_label": i % 10,
+            "feedback_label": (i * 7) % 10 if i % 3 == 0 else None,
+            "true_label": (i * 3) % 10 if i % 4 == 0 else None,
+        }
+        for i in range(10_000)
+    )
+    Drawing.objects.bulk_create((Drawing(**fields, **values) for values in varied), batch_size=1000)
 
-    for client, query in ((admin_client, {}), (admin_client, {"review": "needed"}), (reviewer_client, {"dataset": "no"}),
-                          (reviewer_client, {"review": "needed", "confidence": "lt50", "predicted_label__exact": "3"})):
+    requests = [
+        (admin_client, {}),
+        (admin_client, {"review": "needed"}),
+        (reviewer_client, {"dataset": "no"}),
+        (reviewer_client, {"review": "needed", "confidence": "lt50", "predicted_label__exact": "3"}),
+    ]
+    for client, query in requests:
         # Session, user, (the reviewer's permissions,) model versions for the filter, count, one page of rows.
         with django_assert_max_num_queries(7):
             response = client.get(CHANGELIST, query)

@@ -67,7 +67,9 @@ def test_export_recomputes_inputs_from_the_stored_images(tmp_path, dataset):
 
 
 @pytest.mark.django_db
-def test_exported_inputs_are_what_the_served_model_saw(tmp_path, api_client, active_model, mnist_train, django_user_model):
+def test_exported_inputs_are_what_the_served_model_saw(
+    tmp_path, api_client, active_model, mnist_train, django_user_model
+):
     images, labels = mnist_train
     for i in range(3):
         response = api_client.post("/api/predictions/", {"image": data_url(canvas_png(images[i]))}, format="json")

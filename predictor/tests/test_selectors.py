@@ -96,7 +96,8 @@ def test_drawing_inputs_recompute_from_stored_images_and_report_bad_ones(make_dr
     missing = make_drawing(image="drawings/gone.png")
     corrupt = make_drawing(image=default_storage.save("drawings/corrupt.png", ContentFile(b"\x89PNG broken")))
 
-    results = {drawing.id: (pixels, reason) for drawing, pixels, reason in selectors.drawing_inputs([good, missing, corrupt])}
+    inputs = selectors.drawing_inputs([good, missing, corrupt])
+    results = {drawing.id: (pixels, reason) for drawing, pixels, reason in inputs}
 
     pixels, reason = results[good.id]
     assert reason == "" and pixels.dtype == np.uint8 and pixels.shape == (28, 28)

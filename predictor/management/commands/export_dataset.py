@@ -10,7 +10,9 @@ from predictor import selectors
 from predictor.preprocessing import IMAGE_SIZE, encode_png
 
 FORMATS = ("npz", "csv", "png")
-MANIFEST_FIELDS = ("index", "id", "label", "predicted_label", "confidence", "model_version", "created_at", "reviewed_at")
+MANIFEST_FIELDS = (
+    "index", "id", "label", "predicted_label", "confidence", "model_version", "created_at", "reviewed_at",
+)
 
 
 class Command(BaseCommand):
@@ -76,7 +78,8 @@ def prepare_output(out: Path, output_format: str) -> Path:
             out.mkdir(parents=True, exist_ok=True)
             return out / "manifest.csv"
         if out.is_dir():
-            raise CommandError(f"--out {out} is a folder; give a file path such as {out / ('dataset.' + output_format)}.")
+            example = out / f"dataset.{output_format}"
+            raise CommandError(f"--out {out} is a folder; give a file path such as {example}.")
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CommandError(f"Cannot write to --out {out}: {error.strerror or error}.") from error

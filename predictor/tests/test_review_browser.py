@@ -1,0 +1,111 @@
+"""Browser test of the review loop: a visitor says a prediction is wrong, a reviewer relabels it in the admin."""
+
+import importlib
+import os
+from pathlib import Path
+
+import pytest
+from django.apps import apps
+from django.contrib.auth.models import Group, User
+
+from predictor.models import Drawing
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # reported by the browser fixture: skipped locally, a failure in CI
+    expect = sync_playwright = None
+
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+PASSWORD = "a long review password"
+# A "1" in canvas units (0..1 of the width and height): one slightly slanted stroke.
+ONE = [(0.53, 0.18), (0.5, 0.5), (0.47, 0.82)]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium; missing, it skips the test locally and fails it in CI."""
+    if sync_playwright is None or not CHROMIUM.exists():
+        reason = "Playwright or Chromium is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the browser tests.", pytrace=False)
+        pytest.skip(reason)
+    # Playwright's sync API runs an event loop in this thread, which makes Django refuse ORM calls.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+            yield chromium
+            chromium.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def reviewer(transactional_db):
+    """A staff user in the Reviewers group, made by the group's own migration code.
+
+    Other live-server tests empty the database after themselves, data migrations included.
+    """
+    migration = importlib.import_module("predictor.migrations.0002_reviewers_group")
+    migration.create_reviewers_group(apps, None)
+    user = User.objects.create_user("reviewer", password=PASSWORD, is_staff=True)
+    user.groups.add(Group.objects.get(name="Reviewers"))
+    return user
+
+
+def new_page(browser, live_server):
+    """A page in its own browser context (own cookies) that fails the test on any script error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server.url)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.on("pageerror", lambda error: pytest.fail(f"Script error: {error}"))
+    return page
+
+
+def draw(page, stroke):
+    """Draw one stroke with the mouse in small steps, as a hand would."""
+    box = page.locator('[data-role="canvas"]').bounding_box()
+    points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*point, steps=15)
+    page.mouse.up()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_visitor_says_wrong_and_a_reviewer_relabels_it_from_the_queue(browser, live_server, active_model, reviewer):
+    visitor = new_page(browser, live_server)
+    visitor.goto("/")
+    draw(visitor, ONE)
+    visitor.locator('[data-action="predict"]').click()
+    expect(visitor.locator('[data-role="verdict"]')).to_have_attribute("data-state", "result")
+    visitor.get_by_role("group", name="Wrong").get_by_role("button", name="3", exact=True).click()
+    expect(visitor.locator('[data-role="feedback-status"]')).to_have_text("Thanks — noted as a 3.")
+    drawing = Drawing.objects.get()
+    assert drawing.feedback_label == 3 and drawing.predicted_label != 3 and drawing.true_label is None
+
+    admin = new_page(browser, live_server)
+    admin.goto("/admin/")
+    admin.get_by_label("Username").fill("reviewer")
+    admin.get_by_label("Password").fill(PASSWORD)
+    admin.get_by_role("button", name="Log in").click()
+    admin.get_by_role("link", name="Review queue").first.click()
+    expect(admin.get_by_role("heading", name="Select drawing to change")).to_be_visible()
+
+    row = admin.locator("#result_list tbody tr").filter(has=admin.locator(f'a[href*="{drawing.id}"]'))
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("✗ 3")
+    row.locator('select[name$="-true_label"]').select_option("3")
+    admin.get_by_role("button", name="Save", exact=True).click()
+    expect(admin.locator(".messagelist")).to_contain_text("was changed successfully")
+    expect(admin.locator(f'#result_list a[href*="{drawing.id}"]')).to_have_count(0)
+
+    drawing.refresh_from_db()
+    assert (drawing.true_label, drawing.reviewed_by, drawing.is_excluded) == (3, reviewer, False)
+    assert drawing.reviewed_at is not None
