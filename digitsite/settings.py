@@ -164,6 +164,10 @@ DIGIT_MAX_UPLOAD_BYTES = env.int("DIGIT_MAX_UPLOAD_BYTES", default=5 * 1024 * 10
 DIGIT_LOW_CONFIDENCE = env.float("DIGIT_LOW_CONFIDENCE", default=0.8)
 # How long a worker trusts its idea of the active model version before asking the cache again.
 DIGIT_MODEL_CHECK_SECONDS = env.float("DIGIT_MODEL_CHECK_SECONDS", default=1.0)
+# `manage.py retrain` stops with fewer usable reviewed drawings than this.
+DIGIT_RETRAIN_MIN_EXAMPLES = env.int("DIGIT_RETRAIN_MIN_EXAMPLES", default=20)
+# A retrained model is served only if its MNIST test accuracy drops by at most this much (0.002 = 0.2 points).
+DIGIT_RETRAIN_MNIST_MARGIN = env.float("DIGIT_RETRAIN_MNIST_MARGIN", default=0.002)
 
 # Django refuses bodies above this before reading them; the API answers 413 (see predictor.middleware).
 DATA_UPLOAD_MAX_MEMORY_SIZE = DIGIT_MAX_UPLOAD_BYTES
