@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export DEBUG ?= true
 
-.PHONY: install install-dev setup run test browser train clean
+.PHONY: install install-dev setup run serve bench test browser train clean
 
 $(BIN)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,30 @@ setup: install
 
 run: setup
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# The site as in production: gunicorn (gunicorn.conf.py; WORKERS and THREADS), DEBUG off, static files
+# collected for whitenoise. It serves plain HTTP here, so DIGIT_HTTPS defaults to false; set
+# DIGIT_HTTPS=true behind TLS. SECRET_KEY comes from the environment or var/secret_key (made once).
+serve: export DEBUG = false
+serve: export DIGIT_HTTPS ?= false
+serve: install var/secret_key
+	export SECRET_KEY="$${SECRET_KEY:-$$(cat var/secret_key)}" && \
+	$(BIN)/python manage.py migrate --noinput && \
+	$(BIN)/python manage.py createcachetable && \
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0 && \
+	$(BIN)/python manage.py register_base_model && \
+	exec $(BIN)/gunicorn digitsite.wsgi --bind $(HOST):$(PORT) --workers $${WORKERS:-2} --threads $${THREADS:-4}
+
+var/secret_key:
+	mkdir -p var
+	umask 077 && $(PYTHON) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
+
+# Benchmarks (see docs/performance.md): in-process, HTTP load on SQLite and PostgreSQL, memory and start time.
+bench: install-dev
+	$(BIN)/python bench/bench_inference.py
+	$(BIN)/python bench/bench_http.py --database sqlite
+	$(BIN)/python bench/bench_http.py --database postgres
+	$(BIN)/python bench/bench_memory.py
 
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

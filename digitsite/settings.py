@@ -44,8 +44,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "predictor.middleware.RequestSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before anything reads the body (sessions, CSRF, DRF), and after the security headers are added.
+    "predictor.middleware.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -117,8 +119,49 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = env.path("STATIC_ROOT", default=VAR_DIR / "static")
 MEDIA_URL = "media/"
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
+# In production whitenoise serves the collected files under hashed, pre-compressed names (cached for a
+# year). Media has no URL of its own: drawings go out only through a view that checks who is asking.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+# Security. Production assumes HTTPS: Secure cookies, HSTS, plain HTTP redirected. DIGIT_HTTPS=false
+# is for serving plain http://127.0.0.1 (make serve), where a browser would drop Secure cookies.
+# DIGIT_PROXIES is the number of reverse proxies in front of the site: their X-Forwarded-For and
+# X-Forwarded-Proto are trusted only then, so a client cannot pick its own address to dodge throttling.
+_https = env.bool("DIGIT_HTTPS", default=not DEBUG)
+_proxies = env.int("DIGIT_PROXIES", default=0)
+SECURE_SSL_REDIRECT = _https
+SECURE_REDIRECT_EXEMPT = [r"^api/health/$"]  # load balancers probe over plain HTTP
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _proxies else None
+SECURE_HSTS_SECONDS = env.int("DIGIT_HSTS_SECONDS", default=365 * 24 * 3600 if _https else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = True
+# Sessions live in a signed cookie: a visitor's session (an opaque visitor id) then costs no database
+# query per request (measured in docs/performance.md). SESSION_ENGINE=django.contrib.sessions.backends.cache
+# (with a Redis CACHE_URL) keeps them on the server instead, so that logging out revokes a staff session.
+SESSION_ENGINE = env("SESSION_ENGINE", default="django.contrib.sessions.backends.signed_cookies")
+SESSION_COOKIE_SECURE = _https
+CSRF_COOKIE_SECURE = _https
+CSRF_COOKIE_HTTPONLY = True  # pages send the token from {% csrf_token %}; no script reads the cookie
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Django's default logging prints nothing when DEBUG is off; errors must reach the server's log.
+    "root": {"handlers": ["stderr"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django": {"handlers": ["stderr"], "level": env("LOG_LEVEL", default="INFO"), "propagate": False}},
+}
 
 
 # Django REST framework and the OpenAPI schema
@@ -139,6 +182,7 @@ REST_FRAMEWORK = {
         "feedback": env("DIGIT_THROTTLE_FEEDBACK", default="60/min") or None,
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "NUM_PROXIES": _proxies,
 }
 
 SPECTACULAR_SETTINGS = {

@@ -1,8 +1,9 @@
 """The JSON API: thin views that check input, call one service and shape the answer."""
 
 from django.core.files.uploadedfile import UploadedFile
-from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, serializers, status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
+from rest_framework import exceptions, serializers, status, throttling
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -29,6 +30,15 @@ ERROR_CODES = {
 GENERIC_VALIDATION_CODES = {
     "invalid", "required", "null", "blank", "min_value", "max_value", "max_string_length", "not_a_list",
 }
+
+
+class ClientRateThrottle(throttling.ScopedRateThrottle):
+    """DRF's per-client scoped throttle, but every refusal says when to come back (Retry-After)."""
+
+    def wait(self) -> float:
+        # DRF gives no wait once a client's history holds more than the limit, which happens when
+        # workers record requests concurrently; the limit's oldest counted request still expires.
+        return max(1.0, self.history[self.num_requests - 1] + self.duration - self.now)
 
 
 class ServiceUnavailable(exceptions.APIException):
@@ -75,6 +85,7 @@ def exception_handler(exc, context):
     return response
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class ImagePayloadField(serializers.Field):
     """A drawing as a data URL or bare base64 string (JSON), or as an uploaded file (multipart); gives bytes."""
 
@@ -111,6 +122,7 @@ class PredictionOutputSerializer(serializers.Serializer):
 class PredictionCreateApi(APIView):
     """Read a drawing: store it and answer with what the model sees."""
 
+    throttle_classes = [ClientRateThrottle]
     throttle_scope = "predictions"
     invalid_input_code = "invalid_image"
 
@@ -118,6 +130,9 @@ class PredictionCreateApi(APIView):
         image = ImagePayloadField(
             help_text="data:image/png;base64,... (or jpeg/webp, or bare base64), or a multipart file."
         )
+
+        class Meta:
+            ref_name = "PredictionInput"
 
     @extend_schema(request=InputSerializer, responses={201: PredictionOutputSerializer})
     def post(self, request):
@@ -147,6 +162,7 @@ class PredictionDetailApi(APIView):
 class PredictionFeedbackApi(APIView):
     """The visitor says whether the prediction was right; a reviewer decides later."""
 
+    throttle_classes = [ClientRateThrottle]
     throttle_scope = "feedback"
     invalid_input_code = "invalid_label"
 
@@ -155,6 +171,9 @@ class PredictionFeedbackApi(APIView):
             min_value=0, max_value=9, required=False, help_text="The digit the visitor drew."
         )
         correct = serializers.BooleanField(required=False, help_text="true: the prediction was right.")
+
+        class Meta:
+            ref_name = "FeedbackInput"
 
         def validate(self, attrs):
             if ("label" in attrs) == ("correct" in attrs):

@@ -1,0 +1,179 @@
+"""Production settings: what `make serve` runs, checked in fresh processes with a production environment."""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from django.conf import settings
+
+from predictor.tests.conftest import canvas_png, data_url
+
+BASE_DIR = settings.BASE_DIR
+
+# Prints what the production settings resolve to and what a response carries, as JSON.
+SETTINGS_PROBE = """
+import json, django
+django.setup()
+from django.conf import settings
+from django.test import Client
+client = Client()
+secure = client.get("/no-such-page/", secure=True, headers={"host": "digits.example.com"})
+plain = client.get("/no-such-page/", headers={"host": "digits.example.com"})
+print(json.dumps({
+    "staticfiles": settings.STORAGES["staticfiles"]["BACKEND"],
+    "cache": settings.CACHES["default"]["BACKEND"],
+    "throttle_rates": settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+    "headers": dict(secure.headers),
+    "plain_status": plain.status_code,
+    "plain_location": plain.headers.get("Location"),
+}))
+"""
+
+
+def production_env(tmp_path, **overrides) -> dict:
+    """Return the environment of a production deployment: DEBUG off, a strong key, files under tmp_path."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DIGIT_", "DJANGO_")) and key not in {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS"}
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="digitsite.settings",
+        DEBUG="false",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        ALLOWED_HOSTS="digits.example.com",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        MEDIA_ROOT=str(tmp_path / "media"),
+        STATIC_ROOT=str(tmp_path / "static"),
+        DIGIT_MODEL_ROOT=str(tmp_path / "models"),
+    )
+    env.update(overrides)
+    return env
+
+
+def run(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_check_deploy_reports_nothing_under_production_settings(tmp_path):
+    result = run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], production_env(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout and "WARNING" not in result.stderr
+
+
+def test_production_refuses_to_start_without_a_secret_key(tmp_path):
+    env = production_env(tmp_path)
+    del env["SECRET_KEY"]
+    result = run([sys.executable, "manage.py", "check"], env)
+    assert result.returncode != 0
+    assert "SECRET_KEY" in result.stderr
+
+
+def test_production_settings_send_security_headers_and_use_hashed_static_files(tmp_path):
+    result = run([sys.executable, "-c", SETTINGS_PROBE], production_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    headers = probe["headers"]
+
+    assert headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Referrer-Policy"] == "same-origin"
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert probe["plain_status"] == 301 and probe["plain_location"].startswith("https://")
+    assert probe["staticfiles"] == "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    assert probe["cache"] == "django.core.cache.backends.db.DatabaseCache"
+    assert probe["throttle_rates"] == {"predictions": "120/min", "feedback": "60/min"}
+
+
+def test_cache_url_selects_redis_and_throttles_are_configurable(tmp_path):
+    env = production_env(
+        tmp_path,
+        CACHE_URL="redis://127.0.0.1:6379/0",
+        DIGIT_THROTTLE_PREDICTIONS="5/second",
+        DIGIT_THROTTLE_FEEDBACK="",
+    )
+    result = run([sys.executable, "-c", SETTINGS_PROBE], env)
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe["cache"] == "django.core.cache.backends.redis.RedisCache"
+    assert probe["throttle_rates"] == {"predictions": "5/second", "feedback": None}
+
+
+def test_no_secret_is_committed():
+    git = shutil.which("git")
+    if git is None or not (BASE_DIR / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = run([git, "ls-files", "-z"], dict(os.environ)).stdout.split("\0")
+    assert not [name for name in tracked if name == ".env" or name.startswith("var/")]
+    secret = re.compile(r"(SECRET_KEY|PASSWORD|TOKEN)\s*[=:]\s*['\"][^'\"\s]{16,}['\"]|BEGIN [A-Z ]*PRIVATE KEY")
+    suspicious = []
+    for name in tracked:
+        path = BASE_DIR / name
+        if not name or path.suffix not in {".py", ".txt", ".md", ".cfg", ".ini", ".toml", ".json", ".env", ""}:
+            continue
+        if path.is_file() and secret.search(path.read_text(errors="ignore")):
+            suspicious.append(name)
+    assert suspicious == []
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_gunicorn_serves_predictions_as_in_production(tmp_path, mnist_train):
+    port = free_port()
+    env = production_env(tmp_path, ALLOWED_HOSTS="127.0.0.1", DIGIT_HTTPS="false", WORKERS="2", THREADS="2")
+    for command in (["migrate", "--noinput"], ["createcachetable"], ["register_base_model"]):
+        result = run([sys.executable, "manage.py", *command], env)
+        assert result.returncode == 0, result.stdout + result.stderr
+    gunicorn = BASE_DIR / ".venv" / "bin" / "gunicorn"
+    server = subprocess.Popen(
+        [str(gunicorn) if gunicorn.exists() else "gunicorn", "digitsite.wsgi", "--bind", f"127.0.0.1:{port}"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, health = http("GET", f"{base}/api/health/")
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.2)
+        assert (status, health["model_version"]) == (200, 1)
+
+        images, labels = mnist_train
+        body = json.dumps({"image": data_url(canvas_png(images[3]))}).encode()
+        status, prediction = http("POST", f"{base}/api/predictions/", body)
+        assert status == 201 and prediction["predicted_label"] == labels[3]
+        assert (tmp_path / "media" / "drawings").is_dir()
+        status, error = http("POST", f"{base}/api/predictions/", b'{"image": "data:text/html;base64,PGI+"}')
+        assert status == 400 and error["code"] == "invalid_image"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
