@@ -1,0 +1,231 @@
+"""Browser tests of the drawing and history pages: headless Chromium, real HTTP, the shipped model."""
+
+import math
+import os
+import re
+import shutil
+
+import pytest
+from django.conf import settings
+
+from predictor.models import Drawing
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # reported by the browser fixture: skipped locally, a failure in CI
+    expect = sync_playwright = None
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+DESKTOP = {"width": 1280, "height": 800}
+SCREENSHOT = settings.BASE_DIR / "docs" / "screenshot.png"
+
+
+def ellipse(cx, cy, rx, ry, points=48):
+    """Return a closed loop of points, starting at the top and going anticlockwise like a pen."""
+    angles = [2 * math.pi * i / points for i in range(points + 3)]
+    return [(cx - rx * math.sin(a), cy - ry * math.cos(a)) for a in angles]
+
+
+# Strokes in canvas units (0..1 of the width and height), shaped like MNIST's digits.
+DIGITS = {
+    1: [[(0.53, 0.18), (0.5, 0.5), (0.47, 0.82)]],
+    7: [[(0.28, 0.22), (0.72, 0.22), (0.6, 0.45), (0.46, 0.82)]],
+    0: [ellipse(0.5, 0.5, 0.2, 0.3)],
+}
+LEFT_STROKE = [[(0.25, 0.2), (0.25, 0.8)]]
+RIGHT_STROKE = [[(0.75, 0.2), (0.75, 0.8)]]
+
+# Counts drawn pixels (any alpha) in the left and right halves of the on-screen canvas.
+COUNT_INK = """canvas => {
+    const {width, height} = canvas;
+    const pixels = canvas.getContext("2d").getImageData(0, 0, width, height).data;
+    const ink = [0, 0];
+    for (let i = 3; i < pixels.length; i += 4) {
+        if (pixels[i] > 0) ink[((i - 3) / 4) % width < width / 2 ? 0 : 1] += 1;
+    }
+    return ink;
+}"""
+
+
+def browser_unavailable(reason):
+    """Skip on a developer's machine; in CI a missing browser is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}: CI must run the browser tests.", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium (the system's: Playwright cannot download its own here) for the module."""
+    if sync_playwright is None:
+        browser_unavailable("Playwright is not installed")
+    executable = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        browser_unavailable("Chromium is not installed")
+    # Playwright's sync API runs an event loop in this thread, which makes Django refuse ORM calls.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
+            yield chromium
+            chromium.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser, live_server, active_model):
+    """A fresh visitor (own cookies) on the drawing page; fails the test on any script error."""
+    context = browser.new_context(viewport=DESKTOP, base_url=live_server.url)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto("/")
+    yield page
+    context.close()
+    assert errors == []
+
+
+def draw(page, strokes):
+    """Draw strokes with the mouse in small steps, as a hand would."""
+    box = page.locator('[data-role="canvas"]').bounding_box()
+
+    def on_screen(point):
+        return box["x"] + point[0] * box["width"], box["y"] + point[1] * box["height"]
+
+    for stroke in strokes:
+        x, y = on_screen(stroke[0])
+        page.mouse.move(x, y)
+        page.mouse.down()
+        for point in stroke[1:]:
+            next_x, next_y = on_screen(point)
+            steps = max(1, int(math.dist((x, y), (next_x, next_y)) // 6))
+            page.mouse.move(next_x, next_y, steps=steps)
+            x, y = next_x, next_y
+        page.mouse.up()
+
+
+def predict(page, *, key=False):
+    """Ask for a prediction with the button (or Enter) and wait until the answer is shown."""
+    with page.expect_response(lambda r: r.url.endswith("/api/predictions/") and r.request.method == "POST"):
+        if key:
+            page.keyboard.press("Enter")
+        else:
+            page.locator('[data-action="predict"]').click()
+    page.wait_for_selector('[data-role="verdict"]:not([data-state="loading"])')
+
+
+def shown_digit(page):
+    expect(page.locator('[data-role="verdict"]')).to_have_attribute("data-state", "result")
+    return page.locator('[data-role="digit"]').inner_text()
+
+
+def test_drawn_digits_are_read_correctly(page):
+    draw(page, DIGITS[1])
+    predict(page)
+    assert shown_digit(page) == "1"
+    page.locator('[data-action="clear"]').click()
+    expect(page.locator('[data-role="verdict"]')).to_have_attribute("data-state", "idle")
+
+    draw(page, DIGITS[7])
+    predict(page, key=True)
+    assert shown_digit(page) == "7"
+    page.keyboard.press("Escape")
+
+    draw(page, DIGITS[0])
+    predict(page)
+    assert shown_digit(page) == "0"
+    expect(page.locator('[data-role="message"]')).to_contain_text("confident")
+    expect(page.locator('[data-role="chart"] li')).to_have_count(10)
+    expect(page.locator('[data-role="chart"] li.is-top')).to_have_attribute("data-digit", "0")
+    assert page.locator('[data-role="input-image"]').evaluate("img => img.complete && img.naturalWidth") == 28
+
+    assert list(Drawing.objects.order_by("created_at").values_list("predicted_label", flat=True)) == [1, 7, 0]
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.mouse.move(0, 0)
+    page.screenshot(path=SCREENSHOT, full_page=True, animations="disabled")
+
+
+def test_empty_canvas_asks_for_a_digit_first(page):
+    predict(page)
+
+    expect(page.locator('[data-role="verdict"]')).to_have_attribute("data-state", "error")
+    expect(page.locator('[data-role="message"]')).to_have_text(re.compile("draw a digit first", re.IGNORECASE))
+    expect(page.locator('[data-role="feedback"]')).to_be_hidden()
+    assert not Drawing.objects.exists()
+
+
+def test_feedback_is_stored_and_can_be_replaced(page):
+    status = page.locator('[data-role="feedback-status"]')
+    draw(page, DIGITS[7])
+    predict(page)
+    assert shown_digit(page) == "7"
+
+    page.locator('[data-action="label"][data-label="3"]').click()
+    expect(status).to_have_text("Thanks — noted as a 3.")
+    assert Drawing.objects.get().feedback_label == 3
+
+    page.keyboard.press("8")
+    expect(status).to_have_text("Thanks — noted as an 8.")
+    expect(page.locator('[data-action="label"][data-label="8"]')).to_have_attribute("aria-pressed", "true")
+    assert Drawing.objects.get().feedback_label == 8
+
+    page.locator('[data-action="correct"]').click()
+    expect(status).to_have_text("Thanks — noted as a 7.")
+    expect(page.locator('[data-action="correct"]')).to_have_attribute("aria-pressed", "true")
+    assert Drawing.objects.get().feedback_label == 7
+
+
+def test_undo_removes_the_last_stroke(page):
+    canvas = page.locator('[data-role="canvas"]')
+    draw(page, LEFT_STROKE)
+    draw(page, RIGHT_STROKE)
+    left, right = canvas.evaluate(COUNT_INK)
+    assert left > 0 and right > 0
+
+    # Redrawing a stroke as one path antialiases a few edge pixels differently: compare loosely.
+    page.locator('[data-action="undo"]').click()
+    after_left, after_right = canvas.evaluate(COUNT_INK)
+    assert after_right == 0 and after_left == pytest.approx(left, rel=0.01)
+
+    draw(page, RIGHT_STROKE)
+    page.keyboard.press("Control+z")
+    after_left, after_right = canvas.evaluate(COUNT_INK)
+    assert after_right == 0 and after_left == pytest.approx(left, rel=0.01)
+
+    page.locator('[data-action="undo"]').click()
+    assert canvas.evaluate(COUNT_INK) == [0, 0]
+    expect(page.locator('[data-role="pad"]')).to_have_attribute("data-empty", "true")
+
+
+def test_history_lists_the_visitors_drawings_newest_first(page):
+    page.get_by_role("link", name="Your drawings").click()
+    expect(page.get_by_text("You have not drawn anything yet.")).to_be_visible()
+    page.get_by_role("link", name="Draw a digit").click()
+
+    draw(page, DIGITS[1])
+    predict(page)
+    page.locator('[data-action="clear"]').click()
+    draw(page, DIGITS[7])
+    predict(page)
+    page.keyboard.press("3")
+    expect(page.locator('[data-role="feedback-status"]')).to_have_text("Thanks — noted as a 3.")
+
+    page.get_by_role("link", name="Your drawings").click()
+    items = page.locator(".drawings > li")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_contain_text(re.compile(r"Read as\s+7"))
+    expect(items.nth(0)).to_contain_text("You said it was 3")
+    expect(items.nth(1)).to_contain_text(re.compile(r"Read as\s+1"))
+    expect(items.nth(1)).to_contain_text("No feedback")
+    thumbnails = page.locator(".drawing-thumb")
+    thumbnails.last.scroll_into_view_if_needed()
+    for index in range(2):
+        assert thumbnails.nth(index).evaluate("img => img.decode().then(() => img.naturalWidth)") > 0
