@@ -252,6 +252,8 @@ class DrawingAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         # Relabelling in the list or on the change page goes through the services, so who and when are recorded.
+        if not form.has_changed():
+            return
         if obj.is_excluded:
             services.drawing_exclude(drawings=[obj], reviewer=request.user)
         else:
@@ -274,7 +276,7 @@ def activate_version(modeladmin, request, queryset):
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
     list_display = (
-        "__str__",
+        "version",
         "is_active",
         "mnist_test_accuracy",
         "canvas_val_accuracy",

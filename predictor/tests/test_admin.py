@@ -261,6 +261,21 @@ def test_change_page_relabels_and_ignores_read_only_fields(admin_client, admin_u
 
 
 @pytest.mark.django_db
+def test_saving_an_unchanged_change_page_records_no_review(admin_client, mixed):
+    drawing = mixed["unsure"]
+    response = admin_client.post(reverse("admin:predictor_drawing_change", args=[drawing.id]), {"true_label": ""})
+
+    assert response.status_code == 302
+    drawing.refresh_from_db()
+    assert drawing.reviewed_by is None and drawing.reviewed_at is None
+
+
+@pytest.mark.django_db
+def test_changelist_offers_keyboard_review_to_those_who_may_relabel(admin_client, mixed):
+    assert b'id="review-keys"' in admin_client.get(CHANGELIST).content
+
+
+@pytest.mark.django_db
 def test_drawings_cannot_be_added_and_only_superusers_delete(admin_client, reviewer_client, mixed):
     assert admin_client.get(reverse("admin:predictor_drawing_add")).status_code == 403
     delete_url = reverse("admin:predictor_drawing_delete", args=[mixed["sure"].id])
