@@ -8,7 +8,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.core.cache import cache
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
@@ -19,7 +18,6 @@ from predictor.inference import Classifier, ModelLoadError
 from predictor.models import Drawing, ModelVersion
 from predictor.preprocessing import image_format, preprocess
 
-ACTIVE_VERSION_CACHE_KEY = "predictor:active-model-version"
 VISITOR_SESSION_KEY = "visitor"
 
 
@@ -43,17 +41,14 @@ def visitor_for_session(session, *, create: bool) -> str | None:
 
 
 def _active_version_id() -> int | None:
-    """Return the id of the active ModelVersion, asking the shared cache at most once per check interval."""
+    """Return the id of the active ModelVersion, asking the database at most once per check interval."""
+    # One indexed query per worker per interval: every worker follows the registry, the one source of
+    # truth, within DIGIT_MODEL_CHECK_SECONDS of an activation, and never serves a rolled-back one.
     now = time.monotonic()
-    if now - _active["checked_at"] < settings.DIGIT_MODEL_CHECK_SECONDS:
-        return _active["id"]
-    version_id = cache.get(ACTIVE_VERSION_CACHE_KEY)
-    if version_id is None:
+    if now - _active["checked_at"] >= settings.DIGIT_MODEL_CHECK_SECONDS:
         version_id = ModelVersion.objects.filter(is_active=True).values_list("id", flat=True).first()
-        if version_id is not None:
-            cache.set(ACTIVE_VERSION_CACHE_KEY, version_id, timeout=None)
-    _active.update(id=version_id, checked_at=now)
-    return version_id
+        _active.update(id=version_id, checked_at=now)
+    return _active["id"]
 
 
 def active_classifier() -> tuple[ModelVersion, Classifier]:
@@ -70,8 +65,7 @@ def active_classifier() -> tuple[ModelVersion, Classifier]:
     with _lock:
         if version_id not in _classifiers:
             version = ModelVersion.objects.filter(id=version_id).first()
-            if version is None:  # the cache named a version that is gone: ask the database next time
-                cache.delete(ACTIVE_VERSION_CACHE_KEY)
+            if version is None:  # deleted since the last check: ask the database again next time
                 _active.update(checked_at=float("-inf"))
                 raise ModelUnavailable("The active model version was removed; retry in a moment.")
             try:
@@ -183,14 +177,9 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
     ModelVersion.objects.filter(is_active=True).exclude(id=version.id).update(is_active=False)
     ModelVersion.objects.filter(id=version.id).update(is_active=True)
     version.is_active = True
-    transaction.on_commit(lambda: _announce_active_version(version.id))
-    return version
-
-
-def _announce_active_version(version_id: int) -> None:
-    """Tell every worker (through the shared cache) and this process which version is active."""
-    cache.set(ACTIVE_VERSION_CACHE_KEY, version_id, timeout=None)
+    # This process looks again at once; other workers within DIGIT_MODEL_CHECK_SECONDS.
     _active.update(checked_at=float("-inf"))
+    return version
 
 
 def health_status() -> dict:

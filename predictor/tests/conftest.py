@@ -5,7 +5,6 @@ import cv2
 import numpy as np
 import pytest
 from django.conf import settings
-from django.core.cache import cache
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
@@ -27,7 +26,6 @@ def fresh_model_state(settings, tmp_path):
 @pytest.fixture
 def active_model(db):
     """Register the shipped base model (as `make run` does) and return its ModelVersion."""
-    cache.delete(services.ACTIVE_VERSION_CACHE_KEY)
     call_command("register_base_model", stdout=io.StringIO())
     version, _ = services.active_classifier()
     return version
