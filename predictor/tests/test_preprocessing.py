@@ -27,7 +27,7 @@ from predictor.preprocessing import (
 
 # Digits as polylines in the unit square, drawn with a round pen like the drawing page's.
 STROKES = {
-    "1": [[(0.35, 0.3), (0.55, 0.1), (0.55, 0.9)]],
+    "1": [[(0.43, 0.2), (0.55, 0.1), (0.55, 0.9)]],
     "7": [[(0.2, 0.12), (0.8, 0.12), (0.4, 0.9)], [(0.35, 0.5), (0.7, 0.5)]],
     "0": [[(0.5 + 0.3 * np.sin(a), 0.5 - 0.42 * np.cos(a)) for a in np.linspace(0, 2 * np.pi, 25)]],
 }
