@@ -41,11 +41,6 @@ export class DrawingPad extends EventTarget {
     return this.#strokes.length === 0;
   }
 
-  /** Returns the number of finished or ongoing strokes. */
-  get strokeCount() {
-    return this.#strokes.length;
-  }
-
   /** Removes every stroke. */
   clear() {
     if (this.isEmpty()) return;
