@@ -69,7 +69,7 @@ def _first_code(codes) -> str:
 def exception_handler(exc, context):
     """Return every API error as {"code": ..., "detail": <a sentence a person can act on>}."""
     if isinstance(exc, PreprocessingError):
-        exc = exceptions.ValidationError({"image": [str(exc)]}, code=exc.code)
+        exc = exceptions.ValidationError([str(exc)], code=exc.code)
     elif isinstance(exc, services.ModelUnavailable):
         exc = ServiceUnavailable(str(exc))
     response = drf_exception_handler(exc, context)
@@ -94,13 +94,12 @@ class ImagePayloadField(serializers.Field):
     }
 
     def to_internal_value(self, data) -> bytes:
-        try:
-            if isinstance(data, UploadedFile):
-                return data.read()
-            if isinstance(data, str):
-                return decode_payload(data)
-        except PreprocessingError as error:
-            raise serializers.ValidationError(str(error), code=error.code) from error
+        # A PreprocessingError (bad base64, wrong type) propagates: the exception handler reports its
+        # code and sentence as they are.
+        if isinstance(data, UploadedFile):
+            return data.read()
+        if isinstance(data, str):
+            return decode_payload(data)
         self.fail("invalid_image")
 
     def to_representation(self, value):

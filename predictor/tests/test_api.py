@@ -252,3 +252,11 @@ def test_each_201_has_its_row_and_file(api_client, active_model, mnist_train):
         drawing = Drawing.objects.get(id=answer.json()["id"])
         assert drawing.image.storage.exists(drawing.image.name)
     assert ModelVersion.objects.get().drawings.count() == 10
+
+
+@pytest.mark.django_db
+def test_error_details_are_plain_sentences(api_client, active_model, blank_png):
+    empty = api_client.post(CREATE_URL, {"image": data_url(blank_png)}, format="json").json()
+    not_base64 = api_client.post(CREATE_URL, {"image": "%%%"}, format="json").json()
+    assert empty["detail"].startswith("Draw a digit first")
+    assert not_base64["detail"].startswith("The image data is not valid base64")
