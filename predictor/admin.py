@@ -9,7 +9,9 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, F, Q
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
@@ -86,19 +88,19 @@ class ConfidenceBandFilter(admin.SimpleListFilter):
 
 
 def _log_review(modeladmin, request, drawings: list[Drawing], message: str) -> None:
-    """Write one admin history entry per reviewed drawing and tell the reviewer how many changed."""
+    """Write `message` into the admin history of each reviewed drawing and tell the reviewer how many changed."""
     LogEntry.objects.log_actions(
         user_id=request.user.pk, queryset=drawings, action_flag=CHANGE, change_message=message
     )
     count = len(drawings)
-    summary = ngettext("%(count)d drawing: %(message)s", "%(count)d drawings: %(message)s", count)
-    modeladmin.message_user(request, summary % {"count": count, "message": message}, messages.SUCCESS)
+    summary = ngettext("%(message)s (%(count)d drawing)", "%(message)s (%(count)d drawings)", count)
+    modeladmin.message_user(request, summary % {"message": message, "count": count}, messages.SUCCESS)
 
 
 @admin.action(description=_("Prediction is correct"), permissions=["change"])
 def confirm_prediction(modeladmin, request, queryset):
     drawings = services.drawing_confirm(drawings=queryset, reviewer=request.user)
-    _log_review(modeladmin, request, drawings, str(_("prediction confirmed as the reviewer label.")))
+    _log_review(modeladmin, request, drawings, str(_("Confirmed the prediction as the reviewer label.")))
 
 
 def relabel_action(digit: int):
@@ -107,7 +109,7 @@ def relabel_action(digit: int):
     @admin.action(description=_("Relabel as %(digit)d") % {"digit": digit}, permissions=["change"])
     def relabel(modeladmin, request, queryset):
         drawings = services.drawing_relabel(drawings=queryset, true_label=digit, reviewer=request.user)
-        _log_review(modeladmin, request, drawings, str(_("relabelled as %(digit)d.") % {"digit": digit}))
+        _log_review(modeladmin, request, drawings, str(_("Relabelled as %(digit)d.") % {"digit": digit}))
 
     relabel.__name__ = f"relabel_as_{digit}"
     return relabel
@@ -116,7 +118,7 @@ def relabel_action(digit: int):
 @admin.action(description=_("Not a digit (exclude)"), permissions=["change"])
 def exclude_drawing(modeladmin, request, queryset):
     drawings = services.drawing_exclude(drawings=queryset, reviewer=request.user)
-    _log_review(modeladmin, request, drawings, str(_("excluded as not a digit.")))
+    _log_review(modeladmin, request, drawings, str(_("Excluded as not a digit.")))
 
 
 @admin.register(Drawing)
@@ -129,8 +131,8 @@ class DrawingAdmin(admin.ModelAdmin):
         "visitor_feedback",
         "true_label",
         "is_excluded",
-        "model_version",
-        "created_at",
+        "version",
+        "created",
     )
     list_editable = ("true_label", "is_excluded")
     list_filter = (
@@ -153,11 +155,13 @@ class DrawingAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": (("drawing_large", "model_input_large"),)}),
         (
+            _("Review"),
+            {"fields": ("visitor_feedback", "feedback_at", "true_label", "is_excluded", "reviewed_by", "reviewed_at")},
+        ),
+        (
             _("What the model read"),
             {"fields": ("predicted_label", "confidence_percent", "probability_chart", "model_version", "created_at")},
         ),
-        (_("Visitor feedback"), {"fields": ("visitor_feedback", "feedback_at")}),
-        (_("Review"), {"fields": ("true_label", "is_excluded", "reviewed_by", "reviewed_at")}),
     )
     readonly_fields = (
         "drawing_large",
@@ -228,6 +232,15 @@ class DrawingAdmin(admin.ModelAdmin):
             label,
             _("(says the prediction is wrong)"),
         )
+
+    @admin.display(description=_("model version"), ordering="model_version__version")
+    def version(self, drawing):
+        return f"v{drawing.model_version.version}"
+
+    @admin.display(description=_("created"), ordering="created_at")
+    def created(self, drawing):
+        created = localtime(drawing.created_at)
+        return format_html("{}<br>{}", date_format(created, "Y-m-d"), date_format(created, "H:i"))
 
     @admin.display(description=_("probabilities"))
     def probability_chart(self, drawing):

@@ -61,6 +61,22 @@ class ModelVersionStats:
         return self.low_confidence / self.judged if self.judged else None
 
     @property
+    def accuracy_percent(self) -> float | None:
+        """Return the accuracy on reviewed drawings in percent, or None before any review."""
+        return None if self.accuracy is None else 100 * self.accuracy
+
+    @property
+    def low_confidence_percent(self) -> float | None:
+        """Return the share of low-confidence predictions in percent, or None without drawings."""
+        return None if self.low_confidence_share is None else 100 * self.low_confidence_share
+
+    @property
+    def mnist_test_percent(self) -> float | None:
+        """Return the version's recorded MNIST test accuracy in percent, or None if it has none."""
+        accuracy = self.version.metrics.get("mnist_test_accuracy")
+        return None if accuracy is None else 100 * accuracy
+
+    @property
     def confusion_rows(self) -> list[tuple[int, int, list[tuple[int, int]]]]:
         """Return (true_label, row total, [(predicted_label, count), ...]) for each row of the confusion matrix."""
         return [(label, sum(row), list(enumerate(row))) for label, row in enumerate(self.confusion)]
