@@ -7,6 +7,7 @@ import numpy as np
 from django.core.management.base import BaseCommand, CommandError
 
 from predictor import selectors
+from predictor.models import Drawing
 from predictor.preprocessing import IMAGE_SIZE, encode_png
 
 FORMATS = ("npz", "csv", "png")
@@ -71,22 +72,23 @@ class Command(BaseCommand):
 
 def prepare_output(out: Path, output_format: str) -> Path:
     """Return the manifest path for `out`, after checking `out` can be written and making its folder."""
-    try:
-        if output_format == "png":
-            if out.exists() and (not out.is_dir() or any(out.iterdir())):
-                raise CommandError(f"--out {out} must be a new or empty folder for --format png.")
-            out.mkdir(parents=True, exist_ok=True)
-            return out / "manifest.csv"
+    if output_format == "png":
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise CommandError(f"--out {out} must be a new or empty folder for --format png.")
+        folder, manifest = out, out / "manifest.csv"
+    else:
         if out.is_dir():
             example = out / f"dataset.{output_format}"
             raise CommandError(f"--out {out} is a folder; give a file path such as {example}.")
-        out.parent.mkdir(parents=True, exist_ok=True)
+        folder, manifest = out.parent, out.with_suffix(".manifest.csv")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise CommandError(f"Cannot write to --out {out}: {error.strerror or error}.") from error
-    return out.with_suffix(".manifest.csv")
+        raise CommandError(f"Cannot make the folder {folder} for --out: {error.strerror or error}.") from error
+    return manifest
 
 
-def manifest_row(drawing, *, index: int) -> dict:
+def manifest_row(drawing: Drawing, *, index: int) -> dict:
     """Return the manifest entry of one exported drawing."""
     return {
         "index": index,
