@@ -10,6 +10,7 @@ has its row and its image file.
     python bench/bench_http.py                                   # SQLite
     python bench/bench_http.py --database postgres               # PostgreSQL at --postgres-url
     python bench/bench_http.py --connections 8 --duration 20 --workers 3 --threads 2
+    python bench/bench_http.py --set CONN_MAX_AGE=0          # a variant, to compare with the default
 """
 
 import argparse
@@ -78,7 +79,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def scratch_site(database: str, postgres_url: str):
+def scratch_site(database: str, postgres_url: str, overrides: dict | None = None):
     """Yield the environment of a throwaway production-style site; remove its files and database after."""
     folder = Path(tempfile.mkdtemp(prefix="digit-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGIT_") and k not in {"DATABASE_URL", "CACHE_URL"}}
@@ -94,6 +95,7 @@ def scratch_site(database: str, postgres_url: str):
         DIGIT_THROTTLE_FEEDBACK="",
         DJANGO_SETTINGS_MODULE="digitsite.settings",
     )
+    env.update(overrides or {})
     admin = None
     if database == "postgres":
         import psycopg
@@ -168,6 +170,23 @@ def running_server(env: dict, *, workers: int, threads: int, worker_class: str =
             server.wait()
 
 
+def server_cpu_seconds(master: int) -> float:
+    """Return the CPU time (user + system) used so far by gunicorn's master and its workers, dead or alive."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def times(pid: int, fields: slice) -> int:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return sum(int(value) for value in stat.rsplit(")", 1)[1].split()[fields])
+
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    # Fields 14-17 of the master: its own time and that of workers already replaced (waited for).
+    total = times(master, slice(11, 15))
+    for child in children:
+        with contextlib.suppress(FileNotFoundError):
+            total += times(int(child), slice(11, 13))
+    return total / ticks
+
+
 def run_wrk(base: str, bodies_file: Path, connections: int, seconds: int) -> dict:
     """Return wrk's figures for one bounded run (one wrk thread, so the load generator stays light).
 
@@ -187,6 +206,19 @@ def run_wrk(base: str, bodies_file: Path, connections: int, seconds: int) -> dic
     figures["per_second"] = figures["requests"] / (figures["duration_us"] / 1e6)
     figures["ids"] = ids_file.read_text().split()
     ids_file.unlink()
+    return figures
+
+
+def measure(base: str, master: int, bodies_file: Path, connections: int, seconds: int) -> dict:
+    """Return run_wrk's figures plus the CPU milliseconds per request of the server and of wrk."""
+    server_before = server_cpu_seconds(master)
+    wrk_before = os.times()
+    figures = run_wrk(base, bodies_file, connections, seconds)
+    wrk_after = os.times()
+    requests = max(figures["requests"], 1)
+    figures["server_cpu_ms"] = (server_cpu_seconds(master) - server_before) * 1000 / requests
+    wrk_cpu = (wrk_after.children_user + wrk_after.children_system) - (wrk_before.children_user + wrk_before.children_system)
+    figures["wrk_cpu_ms"] = wrk_cpu * 1000 / requests
     return figures
 
 
@@ -238,6 +270,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "4")))
     parser.add_argument("--worker-class", default="gthread", choices=["gthread", "sync"])
     parser.add_argument("--drawings", type=int, default=8, help="different drawings to cycle through")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable of the server (a variant to compare), repeatable")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -245,27 +279,32 @@ def main() -> None:
     print("machine:", json.dumps(machine()))
     print(f"server: gunicorn {args.worker_class}, {args.workers} workers x {args.threads} threads; "
           f"database: {args.database}; load generator: wrk, 1 thread, {LUA_SCRIPT.name}")
+    overrides = dict(setting.split("=", 1) for setting in args.set)
+    if overrides:
+        print("variant:", " ".join(args.set))
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as bodies:
         for url in canvas_data_urls(args.drawings):
             bodies.write(json.dumps({"image": url}) + "\n")
     bodies_file = Path(bodies.name)
     failures = 0
     try:
-        with scratch_site(args.database, args.postgres_url) as env:
+        with scratch_site(args.database, args.postgres_url, overrides) as env:
             store = Store(env)
             with running_server(env, workers=args.workers, threads=args.threads, worker_class=args.worker_class) as (
                 base,
-                _,
+                server,
             ):
                 if args.warmup:
                     run_wrk(base, bodies_file, 8, args.warmup)
                 # "missing": 201s without their row or file. "orphans": files without a row. Rows can
                 # outnumber 201s by the requests in flight when wrk stopped (answered, but not counted).
+                # "cpu ms": CPU time per request of the server (all workers) and of wrk: on a shared, busy
+                # machine it varies far less than throughput, and 2 cores / (their sum) bounds throughput.
                 print(f"{'clients':>7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} "
-                      f"{'201s':>6} {'missing':>7} {'rows':>6} {'orphans':>7}")
+                      f"{'201s':>6} {'missing':>7} {'rows':>6} {'orphans':>7} {'cpu ms':>7} {'wrk ms':>7}")
                 for connections in (int(c) for c in args.connections.split(",")):
                     rows_before, files_before = store.counts()
-                    figures = run_wrk(base, bodies_file, connections, args.duration)
+                    figures = measure(base, server.pid, bodies_file, connections, args.duration)
                     rows_after, files_after = store.counts()
                     created = figures["statuses"].get("201", 0)
                     errors = figures["socket_errors"] + figures["timeouts"] + sum(
@@ -277,7 +316,8 @@ def main() -> None:
                     failures += errors + missing + abs(orphans) + (not created <= rows <= created + connections)
                     print(f"{connections:>7} {figures['per_second']:>8.1f} {figures['p50_us'] / 1000:>7.1f} "
                           f"{figures['p99_us'] / 1000:>7.1f} {figures['max_us'] / 1000:>7.1f} {errors:>6} "
-                          f"{created:>6} {missing:>7} {rows:>6} {orphans:>7}", flush=True)
+                          f"{created:>6} {missing:>7} {rows:>6} {orphans:>7} {figures['server_cpu_ms']:>7.2f} "
+                          f"{figures['wrk_cpu_ms']:>7.2f}", flush=True)
             without_file = store.rows_without_file()
             failures += without_file
             print(f"rows in the database without their image file: {without_file}")

@@ -91,9 +91,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
-else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
-    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# Keep connections between requests: opening one (for SQLite, with its PRAGMAs) costs more than a prediction.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 
 # A cache shared by all workers, so throttling and the active-model check agree.
 CACHES = {"default": env.cache("CACHE_URL", default="dbcache://digit_cache")}
