@@ -1,12 +1,13 @@
 """Staff review: the drawing queue (least confident first), relabelling, and the model registry with its dashboard."""
 
 import json
+from collections.abc import Callable
 
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, F, Q
+from django.db.models import Q
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.formats import date_format
@@ -46,13 +47,13 @@ class ReviewStatusFilter(admin.SimpleListFilter):
         if value == "needed":
             return queryset.filter(selectors.review_queue_q())
         if value == "disputed":
-            return queryset.filter(feedback_label__isnull=False).exclude(feedback_label=F("predicted_label"))
+            return queryset.filter(selectors.disputed_q())
         if value == "unreviewed":
             return queryset.filter(true_label__isnull=True, is_excluded=False)
         if value == "reviewed":
             return queryset.filter(Q(true_label__isnull=False) | Q(is_excluded=True))
         if value == "mistake":
-            return queryset.filter(true_label__isnull=False).exclude(true_label=F("predicted_label"))
+            return queryset.filter(selectors.mistake_q())
         if value == "excluded":
             return queryset.filter(is_excluded=True)
         return None
@@ -98,16 +99,16 @@ def _log_review(modeladmin, request, drawings: list[Drawing], message: str) -> N
 
 
 @admin.action(description=_("Prediction is correct"), permissions=["change"])
-def confirm_prediction(modeladmin, request, queryset):
+def confirm_prediction(modeladmin, request, queryset) -> None:
     drawings = services.drawing_confirm(drawings=queryset, reviewer=request.user)
     _log_review(modeladmin, request, drawings, str(_("Confirmed the prediction as the reviewer label.")))
 
 
-def relabel_action(digit: int):
+def relabel_action(digit: int) -> Callable[..., None]:
     """Return the admin action that gives the selected drawings the reviewer label `digit`."""
 
     @admin.action(description=_("Relabel as %(digit)d") % {"digit": digit}, permissions=["change"])
-    def relabel(modeladmin, request, queryset):
+    def relabel(modeladmin, request, queryset) -> None:
         drawings = services.drawing_relabel(drawings=queryset, true_label=digit, reviewer=request.user)
         _log_review(modeladmin, request, drawings, str(_("Relabelled as %(digit)d.") % {"digit": digit}))
 
@@ -116,7 +117,7 @@ def relabel_action(digit: int):
 
 
 @admin.action(description=_("Not a digit (exclude)"), permissions=["change"])
-def exclude_drawing(modeladmin, request, queryset):
+def exclude_drawing(modeladmin, request, queryset) -> None:
     drawings = services.drawing_exclude(drawings=queryset, reviewer=request.user)
     _log_review(modeladmin, request, drawings, str(_("Excluded as not a digit.")))
 
@@ -274,7 +275,7 @@ class DrawingAdmin(admin.ModelAdmin):
 
 
 @admin.action(description=_("Activate this version (serve it from now on)"), permissions=["change"])
-def activate_version(modeladmin, request, queryset):
+def activate_version(modeladmin, request, queryset) -> None:
     versions = list(queryset[:2])
     if len(versions) != 1:
         modeladmin.message_user(request, _("Select exactly one version to activate."), messages.ERROR)
@@ -304,16 +305,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     readonly_fields = fields
 
     def get_queryset(self, request):
-        dataset = Q(drawings__true_label__isnull=False, drawings__is_excluded=False)
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                judged=Count("drawings"),
-                reviewed=Count("drawings", filter=dataset),
-                correct=Count("drawings", filter=dataset & Q(drawings__true_label=F("drawings__predicted_label"))),
-            )
-        )
+        return selectors.model_versions_with_counts(versions=super().get_queryset(request))
 
     def get_urls(self):
         dashboard = self.admin_site.admin_view(self.dashboard_view)

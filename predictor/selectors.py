@@ -12,16 +12,35 @@ from predictor.models import Drawing, ModelVersion
 from predictor.preprocessing import preprocess
 
 
-def review_queue_q() -> Q:
+# Each condition takes the path from the queried model to a Drawing: "" for Drawing itself,
+# "drawings__" to count a ModelVersion's drawings, so every page counts with the same definitions.
+
+
+def low_confidence_q(prefix: str = "") -> Q:
+    """Return the condition "the model was less sure than the review threshold"."""
+    return Q(**{f"{prefix}confidence__lt": settings.DIGIT_LOW_CONFIDENCE})
+
+
+def disputed_q(prefix: str = "") -> Q:
+    """Return the condition "the visitor says the prediction is wrong"."""
+    claim = f"{prefix}feedback_label"
+    return Q(**{f"{claim}__isnull": False}) & ~Q(**{claim: F(f"{prefix}predicted_label")})
+
+
+def review_queue_q(prefix: str = "") -> Q:
     """Return the condition for "needs review": unreviewed, and unsure or disputed by the visitor."""
-    unsure = Q(confidence__lt=settings.DIGIT_LOW_CONFIDENCE)
-    disputed = Q(feedback_label__isnull=False) & ~Q(feedback_label=F("predicted_label"))
-    return Q(true_label__isnull=True, is_excluded=False) & (unsure | disputed)
+    unreviewed = Q(**{f"{prefix}true_label__isnull": True, f"{prefix}is_excluded": False})
+    return unreviewed & (low_confidence_q(prefix) | disputed_q(prefix))
 
 
-def finetuning_dataset_q() -> Q:
+def finetuning_dataset_q(prefix: str = "") -> Q:
     """Return the condition for the fine-tuning dataset: a reviewer label and not excluded."""
-    return Q(true_label__isnull=False, is_excluded=False)
+    return Q(**{f"{prefix}true_label__isnull": False, f"{prefix}is_excluded": False})
+
+
+def mistake_q(prefix: str = "") -> Q:
+    """Return the condition "a reviewer's label differs from the prediction"."""
+    return Q(**{f"{prefix}true_label__isnull": False}) & ~Q(**{f"{prefix}true_label": F(f"{prefix}predicted_label")})
 
 
 def drawing_review_queue(*, drawings: QuerySet[Drawing] | None = None) -> QuerySet[Drawing]:
@@ -82,21 +101,26 @@ class ModelVersionStats:
         return [(label, sum(row), list(enumerate(row))) for label, row in enumerate(self.confusion)]
 
 
-def model_version_stats() -> list[ModelVersionStats]:
-    """Return the review statistics of every model version, newest first, in two queries."""
-    dataset = Q(drawings__true_label__isnull=False, drawings__is_excluded=False)
-    versions = ModelVersion.objects.select_related("parent").annotate(
+def model_versions_with_counts(*, versions: QuerySet[ModelVersion] | None = None) -> QuerySet[ModelVersion]:
+    """Return model versions annotated with counts of their drawings, in one query.
+
+    judged: all; reviewed and correct: in the fine-tuning dataset, and predicted right; low_confidence,
+    disputed (the visitor says wrong) and excluded.
+    """
+    versions = ModelVersion.objects.all() if versions is None else versions
+    return versions.annotate(
         judged=Count("drawings"),
-        reviewed=Count("drawings", filter=dataset),
-        correct=Count("drawings", filter=dataset & Q(drawings__true_label=F("drawings__predicted_label"))),
-        low_confidence=Count("drawings", filter=Q(drawings__confidence__lt=settings.DIGIT_LOW_CONFIDENCE)),
-        disputed=Count(
-            "drawings",
-            filter=Q(drawings__feedback_label__isnull=False)
-            & ~Q(drawings__feedback_label=F("drawings__predicted_label")),
-        ),
+        reviewed=Count("drawings", filter=finetuning_dataset_q("drawings__")),
+        correct=Count("drawings", filter=finetuning_dataset_q("drawings__") & ~mistake_q("drawings__")),
+        low_confidence=Count("drawings", filter=low_confidence_q("drawings__")),
+        disputed=Count("drawings", filter=disputed_q("drawings__")),
         excluded=Count("drawings", filter=Q(drawings__is_excluded=True)),
     )
+
+
+def model_version_stats() -> list[ModelVersionStats]:
+    """Return the review statistics of every model version, newest first, in two queries."""
+    versions = model_versions_with_counts(versions=ModelVersion.objects.select_related("parent"))
     stats = {
         version.id: ModelVersionStats(
             version=version,
