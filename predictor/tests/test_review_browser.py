@@ -58,13 +58,30 @@ def reviewer(transactional_db):
     return user
 
 
+@pytest.fixture
 def new_page(browser, live_server):
-    """A page in its own browser context (own cookies) that fails the test on any script error."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server.url)
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    page.on("pageerror", lambda error: pytest.fail(f"Script error: {error}"))
-    return page
+    """Return a function opening a page in its own browser context (own cookies); script errors fail the test."""
+    contexts, errors = [], []
+
+    def open_page():
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server.url)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+    assert errors == []
+
+
+def log_in(page, username):
+    page.goto("/admin/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
 
 
 def draw(page, stroke):
@@ -79,8 +96,8 @@ def draw(page, stroke):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_visitor_says_wrong_and_a_reviewer_relabels_it_from_the_queue(browser, live_server, active_model, reviewer):
-    visitor = new_page(browser, live_server)
+def test_visitor_says_wrong_and_a_reviewer_relabels_it_from_the_queue(new_page, active_model, reviewer):
+    visitor = new_page()
     visitor.goto("/")
     draw(visitor, ONE)
     visitor.locator('[data-action="predict"]').click()
@@ -90,11 +107,8 @@ def test_visitor_says_wrong_and_a_reviewer_relabels_it_from_the_queue(browser, l
     drawing = Drawing.objects.get()
     assert drawing.feedback_label == 3 and drawing.predicted_label != 3 and drawing.true_label is None
 
-    admin = new_page(browser, live_server)
-    admin.goto("/admin/")
-    admin.get_by_label("Username").fill("reviewer")
-    admin.get_by_label("Password").fill(PASSWORD)
-    admin.get_by_role("button", name="Log in").click()
+    admin = new_page()
+    log_in(admin, "reviewer")
     admin.get_by_role("link", name="Review queue").first.click()
     expect(admin.get_by_role("heading", name="Select drawing to change")).to_be_visible()
 
@@ -109,3 +123,25 @@ def test_visitor_says_wrong_and_a_reviewer_relabels_it_from_the_queue(browser, l
     drawing.refresh_from_db()
     assert (drawing.true_label, drawing.reviewed_by, drawing.is_excluded) == (3, reviewer, False)
     assert drawing.reviewed_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reviewer_clears_the_queue_with_the_keyboard(new_page, make_drawing, reviewer):
+    sure_but_disputed = make_drawing(predicted_label=4, confidence=0.97, feedback_label=9)
+    unsure = make_drawing(predicted_label=1, confidence=0.35)
+    scribble = make_drawing(predicted_label=8, confidence=0.2)
+    make_drawing(predicted_label=2, confidence=0.99)  # sure and undisputed: not in the queue
+
+    admin = new_page()
+    log_in(admin, "reviewer")
+    admin.goto("/admin/predictor/drawing/?review=needed")
+    expect(admin.locator("#result_list tbody tr")).to_have_count(3)
+    for key in ("x", "c", "9", "s"):  # least confident first: the scribble, the unsure 1, the disputed 4
+        admin.keyboard.press(key)
+    expect(admin.locator(".messagelist")).to_contain_text("3 drawings were changed successfully")
+    expect(admin.locator("#result_list")).to_have_count(0)
+
+    labels = {d.id: (d.true_label, d.is_excluded, d.reviewed_by_id) for d in Drawing.objects.all()}
+    assert labels[scribble.id] == (None, True, reviewer.id)
+    assert labels[unsure.id] == (1, False, reviewer.id)
+    assert labels[sure_but_disputed.id] == (9, False, reviewer.id)
