@@ -332,12 +332,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("canvas validation accuracy"))
     def canvas_val_accuracy(self, version):
+        if version.metrics.get("canvas_val_size") == 0:  # measured on no drawings at all: unknown, not 0%
+            return None
         return _percent(version.metrics.get("canvas_val_accuracy"))
 
     @admin.display(description=_("accuracy on reviewed drawings"))
     def reviewed_accuracy(self, version):
         if not version.reviewed:
-            return self.get_empty_value_display()
+            return None
         return f"{version.correct / version.reviewed:.1%} ({version.correct}/{version.reviewed})"
 
     @admin.display(description=_("drawings judged"), ordering="judged")
@@ -346,7 +348,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("metrics"))
     def metrics_table(self, version):
-        return format_html("<pre>{}</pre>", json.dumps(version.metrics, indent=2, sort_keys=True))
+        rows = format_html_join(
+            "", "<tr><th>{}</th><td>{}</td></tr>", ((key, json.dumps(version.metrics[key])) for key in sorted(version.metrics))
+        )
+        return format_html('<table class="metrics">{}</table>', rows)
 
     @admin.display(description=_("artefacts"))
     def artefacts(self, version):
@@ -364,6 +369,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return False
 
 
-def _percent(value: float | None) -> str:
-    """Return a share as a percentage with one decimal, or a dash when it is unknown."""
-    return "—" if value is None else f"{value:.1%}"
+def _percent(value: float | None) -> str | None:
+    """Return a share as a percentage with one decimal, or None (shown as the admin's empty value) if unknown."""
+    return None if value is None else f"{value:.1%}"

@@ -397,6 +397,14 @@ def test_model_versions_are_listed_with_metrics_and_drawing_counts(admin_client,
 
 
 @pytest.mark.django_db
+def test_canvas_accuracy_measured_on_no_drawings_is_shown_as_unknown(admin_client, model_version):
+    model_version.metrics = {"mnist_test_accuracy": 0.99, "canvas_val_accuracy": 0.0, "canvas_val_size": 0}
+    model_version.save()
+    html = admin_client.get(reverse("admin:predictor_modelversion_changelist")).content.decode()
+    assert '<td class="field-canvas_val_accuracy">-</td>' in html
+
+
+@pytest.mark.django_db
 def test_activate_action_switches_the_active_version_and_logs_it(admin_client, model_version):
     second = ModelVersion.objects.create(version=2, tflite="v2/model.tflite", keras="v2/model.keras")
     url = reverse("admin:predictor_modelversion_changelist")
