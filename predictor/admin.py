@@ -348,9 +348,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("metrics"))
     def metrics_table(self, version):
-        rows = format_html_join(
-            "", "<tr><th>{}</th><td>{}</td></tr>", ((key, json.dumps(version.metrics[key])) for key in sorted(version.metrics))
-        )
+        metrics = sorted(version.metrics.items())
+        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", ((k, json.dumps(v)) for k, v in metrics))
         return format_html('<table class="metrics">{}</table>', rows)
 
     @admin.display(description=_("artefacts"))

@@ -182,7 +182,9 @@ def test_each_action_reviews_the_selected_drawings_and_logs_it(
         entry = LogEntry.objects.get(object_id=str(drawing.id))
         assert entry.action_flag == CHANGE and entry.user == admin_user
         assert entry.get_change_message() in (
-            "Confirmed the prediction as the reviewer label.", f"Relabelled as {expected_label}.", "Excluded as not a digit."
+            "Confirmed the prediction as the reviewer label.",
+            f"Relabelled as {expected_label}.",
+            "Excluded as not a digit.",
         )
     untouched = Drawing.objects.exclude(id__in=[d.id for d in selected])
     assert not untouched.filter(reviewed_by__isnull=False).exists()
