@@ -1,0 +1,52 @@
+from dataclasses import replace
+
+import numpy as np
+
+from training import ablation
+from training.config import TrainConfig
+from training.train import prepare_data
+
+TINY = TrainConfig(
+    epochs=1, batch_size=64, train_limit=256, synthetic_size=64, canvas_val_size=64, validation_size=128,
+    widths=(8, 8, 8, 8, 8), workers=1,
+)
+
+
+def test_without_synthetic_keeps_exactly_the_real_training_digits():
+    data = prepare_data(TINY, log=lambda _: None)
+    real = ablation.without_synthetic(TINY, data)
+    assert len(data.x_train) == 256 + 64
+    np.testing.assert_array_equal(real.x_train, data.x_train[:256])
+    np.testing.assert_array_equal(real.y_train, data.y_train[:256])
+    assert real.x_canvas is data.x_canvas
+
+
+def test_each_run_switches_off_only_its_part(monkeypatch):
+    seen = {}
+
+    def fake_train(config, data, verbose=None):
+        seen[len(seen)] = (config.augment, config.synthetic_size, len(data.x_train))
+        return object(), None
+
+    monkeypatch.setattr(ablation, "train", fake_train)
+    monkeypatch.setattr(ablation, "evaluate", lambda model, x, y: {"accuracy": 0.5})
+    data = prepare_data(TINY, log=lambda _: None)
+    rows = ablation.ablate(TINY, data, log=lambda _: None)
+
+    assert [row.switched_off for row in rows] == ["nothing", *ablation.SWITCHES, ablation.SYNTHETIC]
+    everything, rotation, scale, thickness, elastic, synthetic = seen.values()
+    assert everything == (TINY.augment, 64, 320)
+    assert not rotation[0].rotation and not rotation[0].shear and rotation[0].scale and rotation[0].elastic
+    assert not scale[0].scale and not scale[0].translate and scale[0].rotation
+    assert not thickness[0].thickness and thickness[0].elastic
+    assert not elastic[0].elastic and elastic[0].thickness
+    assert synthetic == (TINY.augment, 0, 256)
+
+
+def test_a_tiny_ablation_trains_and_scores_each_run():
+    config = replace(TINY, synthetic_size=0)
+    data = prepare_data(config, log=lambda _: None)
+    rows = ablation.ablate(config, data, {"elastic distortion": {"elastic": False}}, log=lambda _: None)
+    assert [row.switched_off for row in rows] == ["nothing", "elastic distortion"]
+    assert [row.train_images for row in rows] == [256, 256]
+    assert all(0 <= row.canvas_val_accuracy <= 1 and 0 <= row.mnist_val_accuracy <= 1 for row in rows)
