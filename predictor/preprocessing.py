@@ -7,6 +7,7 @@ scale the longer side to 20 px, centre by centre of mass in 28x28 (background 0,
 
 import base64
 import binascii
+import contextlib
 import math
 import re
 import struct
@@ -88,6 +89,11 @@ def decode_payload(text: str) -> bytes:
             )
         if "base64" not in parameters:
             raise InvalidImage("The data URL must be base64-encoded (data:image/png;base64,...).")
+    if text:
+        # What browsers send is canonical base64, which decodes at once; only other text needs the
+        # checks below, which say what is wrong with it (3x slower on a canvas PNG).
+        with contextlib.suppress(binascii.Error):
+            return base64.b64decode(text, validate=True)
     text = "".join(text.split())
     if not text:
         raise InvalidImage("The image data is empty.")
