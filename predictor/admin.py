@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
+from django.db.models import BooleanField, ExpressionWrapper, Q
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.formats import date_format
@@ -150,9 +150,13 @@ class DrawingAdmin(admin.ModelAdmin):
     list_per_page = 50
     # Counting every drawing on each page load is a full scan that tells a reviewer nothing.
     show_full_result_count = False
-    ordering = ("confidence",)
     search_fields = ("id", "=visitor")
     actions = (confirm_prediction, *(relabel_action(digit) for digit in range(10)), exclude_drawing)
+
+    def get_ordering(self, request):
+        # Mistakes first: drawings the visitor says were read wrong lead, then the least confident.
+        disputed = ExpressionWrapper(selectors.disputed_q(), output_field=BooleanField())
+        return (disputed.desc(), "confidence")
     fieldsets = (
         (None, {"fields": (("drawing_large", "model_input_large"),)}),
         (

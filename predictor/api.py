@@ -151,7 +151,7 @@ class PredictionDetailApi(APIView):
             drawing = services.drawing_get(
                 drawing_id=drawing_id,
                 visitor=services.visitor_for_session(request.session, create=False),
-                staff=request.user.is_staff,
+                staff=request.user.is_staff and request.user.has_perm("predictor.view_drawing"),
             )
         except Drawing.DoesNotExist:
             raise exceptions.NotFound("No such prediction, or it was made in another browser session.")

@@ -32,7 +32,7 @@ def drawing_image(request, drawing_id):
         drawing = services.drawing_get(
             drawing_id=drawing_id,
             visitor=services.visitor_for_session(request.session, create=False),
-            staff=request.user.is_staff,
+            staff=request.user.is_staff and request.user.has_perm("predictor.view_drawing"),
         )
         image = drawing.image.open("rb")
     except (Drawing.DoesNotExist, FileNotFoundError):

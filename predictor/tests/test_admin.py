@@ -91,9 +91,11 @@ def test_changelist_shows_drawing_input_labels_and_version(admin_client, mixed):
 
 
 @pytest.mark.django_db
-def test_queue_shows_least_confident_first(admin_client, mixed):
+def test_queue_shows_disputed_drawings_first_then_least_confident(admin_client, mixed):
     response = admin_client.get(CHANGELIST)
-    confidences = [drawing.confidence for drawing in response.context["cl"].result_list]
+    drawings = list(response.context["cl"].result_list)
+    assert drawings[0] == mixed["disputed"]
+    confidences = [drawing.confidence for drawing in drawings[1:]]
     assert confidences == sorted(confidences)
 
 
@@ -101,7 +103,7 @@ def test_queue_shows_least_confident_first(admin_client, mixed):
 def test_needs_review_is_unreviewed_and_unsure_or_disputed(admin_client, mixed):
     response = admin_client.get(CHANGELIST, {"review": "needed"})
     assert listed(response) == names(mixed, "unsure", "disputed", "old")
-    assert [d.id for d in response.context["cl"].result_list][0] == mixed["unsure"].id
+    assert [d.id for d in response.context["cl"].result_list] == [mixed[n].id for n in ("disputed", "unsure", "old")]
 
 
 @pytest.mark.django_db

@@ -5,7 +5,7 @@ import zlib
 import cv2
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -99,9 +99,14 @@ def test_prediction_is_visible_to_its_session_and_staff_only(api_client, active_
     stranger = APIClient()
     assert_not_found = stranger.get(url)
     assert assert_not_found.status_code == 404 and assert_not_found.json()["code"] == "not_found"
+    reviewer = User.objects.create_user("reviewer", is_staff=True)
+    reviewer.groups.add(Group.objects.get(name="Reviewers"))
     staff = APIClient()
-    staff.force_login(User.objects.create_user("reviewer", is_staff=True))
+    staff.force_login(reviewer)
     assert staff.get(url).status_code == 200
+    unprivileged_staff = APIClient()
+    unprivileged_staff.force_login(User.objects.create_user("clerk", is_staff=True))
+    assert unprivileged_staff.get(url).status_code == 404
     assert APIClient().get("/api/predictions/00000000-0000-0000-0000-000000000000/").status_code == 404
 
 
