@@ -27,6 +27,7 @@ class Score:
     size: int
     accuracy: float | None  # None when the set is empty
     loss: float | None = None
+    per_class: list[float | None] | None = None  # accuracy per true digit
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,6 @@ def replay_sample(x: np.ndarray, y: np.ndarray, size: int, *, seed: int) -> tupl
     size = max(0, min(size, len(x)))
     pick = np.sort(np.random.default_rng(seed).choice(len(x), size=size, replace=False))
     return x[pick], y[pick]
-
-
-def mix(new: tuple[np.ndarray, np.ndarray], replay: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Return the new drawings followed by the replay digits, as uint8 images and labels."""
-    x = np.concatenate([np.asarray(new[0], np.uint8).reshape(-1, 28, 28), np.asarray(replay[0], np.uint8)])
-    y = np.concatenate([np.asarray(new[1], np.uint8), np.asarray(replay[1], np.uint8)])
-    return x, y
 
 
 def gate(*, heldout_before: Score, heldout_after: Score, mnist_before: Score, mnist_after: Score, mnist_margin: float) -> Decision:

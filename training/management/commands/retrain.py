@@ -1,13 +1,18 @@
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models.fields.files import FieldFile
 
 from predictor import selectors, services
-from predictor.models import ModelVersion
+from predictor.inference import Classifier
+from predictor.models import Drawing, ModelVersion
 from training import retraining
 from training.config import FinetuneConfig, override
 from training.data import load_mnist
@@ -90,7 +95,7 @@ class Command(BaseCommand):
         return parent, dataset
 
     def retrain(self, config: FinetuneConfig, options: dict) -> None:
-        """Fine-tune, evaluate, export, record and (if it passes the gate) activate a new version."""
+        """Fine-tune, export, evaluate, record and (if it passes the gate) activate a new version."""
         started = time.perf_counter()
         parent, dataset = self.prepare(config, options)
         # TensorFlow loads only now: --help, --dry-run and a too-small dataset answer in a second.
@@ -100,20 +105,23 @@ class Command(BaseCommand):
         (x_mnist, y_mnist), (x_test, y_test) = load_mnist()
         train, heldout = dataset["train"], dataset["heldout"]
         replay = retraining.replay_sample(x_mnist, y_mnist, config.replay_size, seed=config.seed)
-        x_mix, y_mix = retraining.mix((train["x"], train["y"]), replay)
         sets = {"heldout": heldout, "mnist": {"x": x_test, "y": y_test}, "train": train}
 
         with tempfile.TemporaryDirectory(prefix="retrain-") as work:
             work = Path(work)
             model = load_keras(parent, work / "parent")
-            before = {name: score(model, data)[0] for name, data in sets.items()}
-            self.stdout.write(f"Training on {len(x_mix)} images ({len(train['y'])} drawings + {len(replay[1])} MNIST) ...")
+            before = scores(work / "parent" / export.TFLITE_FILE, sets)
+            self.stdout.write(f"Training on {len(train['y'])} drawings + {len(replay[1])} MNIST digits ...")
             fit_started = time.perf_counter()
-            model = finetune(model, x_mix, y_mix, config)
+            # A live progress bar on a terminal, one line per epoch in a log.
+            model = finetune(model, train["x"], train["y"], config, replay=replay, verbose=1 if sys.stdout.isatty() else 2)
             fit_seconds = time.perf_counter() - fit_started
-            results = {name: score(model, data) for name, data in sets.items()}
-            after = {name: result[0] for name, result in results.items()}
-            mnist_result = results["mnist"][1]
+            try:
+                exported = export.save(model, metrics={}, config=config, out_dir=work / "new", parity_images=x_test[:PARITY_SIZE])
+            except export.ParityError as error:
+                raise CommandError(f"{error} Nothing was recorded; the served model is unchanged.") from error
+            # Both models are judged as they are served: through their .tflite, on the same arrays.
+            after = scores(work / "new" / export.TFLITE_FILE, sets)
 
             decision = retraining.gate(
                 heldout_before=before["heldout"],
@@ -128,21 +136,13 @@ class Command(BaseCommand):
             if activate and not ModelVersion.objects.filter(id=parent.id, is_active=True).exists():
                 activate = False
                 self.stdout.write(self.style.WARNING(f"Version {parent.version} is no longer active: not activating."))
-
             metrics = {
-                "mnist_test_accuracy": after["mnist"].accuracy,
+                **exported,
+                **accuracies(after),
                 "mnist_test_loss": after["mnist"].loss,
-                "per_class_accuracy": mnist_result["per_class_accuracy"],
-                "confusion": mnist_result["confusion"],
-                "heldout_accuracy": after["heldout"].accuracy,
+                "per_class_accuracy": after["mnist"].per_class,
                 "heldout_size": after["heldout"].size,
-                "train_accuracy": after["train"].accuracy,
-                "before": {
-                    "version": parent.version,
-                    "mnist_test_accuracy": before["mnist"].accuracy,
-                    "heldout_accuracy": before["heldout"].accuracy,
-                    "train_accuracy": before["train"].accuracy,
-                },
+                "before": {"version": parent.version, **accuracies(before)},
                 "gate": {
                     "passed": decision.passed,
                     "forced": bool(options["force"] and not decision.passed),
@@ -150,14 +150,8 @@ class Command(BaseCommand):
                     "mnist_margin": options["mnist_margin"],
                 },
                 "fit_seconds": fit_seconds,
+                "train_seconds": time.perf_counter() - started,
             }
-            try:
-                metrics = export.save(
-                    model, metrics=metrics, config=config, out_dir=work / "new", parity_images=x_test[:PARITY_SIZE]
-                )
-            except export.ParityError as error:
-                raise CommandError(f"{error} Nothing was recorded; the served model is unchanged.") from error
-            metrics["train_seconds"] = time.perf_counter() - started
             version = services.model_version_register(
                 tflite_path=work / "new" / export.TFLITE_FILE,
                 keras_path=work / "new" / export.KERAS_FILE,
@@ -169,7 +163,7 @@ class Command(BaseCommand):
                     "skipped": [{"id": drawing_id, "reason": reason} for drawing_id, reason in dataset["skipped"]],
                     "sizes": {**dataset["sizes"], "replay": len(replay[1]), "mnist_test": len(y_test)},
                 },
-                notes=notes(parent, decision, activate, options),
+                notes=notes(parent, decision, activate),
                 activate=activate,
             )
         self.conclude(version, parent, decision, activate, options, time.perf_counter() - started)
@@ -223,7 +217,11 @@ class Command(BaseCommand):
 def build_dataset() -> dict:
     """Return the reviewed drawings as arrays, split by id into "train" and "heldout", plus "skipped" and "sizes"."""
     ids, images, labels, skipped = [], [], [], []
-    drawings = selectors.finetuning_dataset().only("id", "image", "true_label").iterator(chunk_size=500)
+    # Plain rows, not Drawing instances: loading a Drawing whose image size was never stored makes
+    # ImageField open the image at once, which would fail on a missing file before it could be skipped.
+    field = Drawing._meta.get_field("image")
+    rows = selectors.finetuning_dataset().values_list("id", "image", "true_label").iterator(chunk_size=500)
+    drawings = (SimpleNamespace(id=i, image=FieldFile(None, field, name), true_label=label) for i, name, label in rows)
     # The stored image through the serving preprocessing, so training sees what serving would see today.
     for drawing, pixels, reason in selectors.drawing_inputs(drawings):
         if pixels is None:
@@ -245,25 +243,40 @@ def build_dataset() -> dict:
 
 
 def load_keras(version: ModelVersion, directory: Path):
-    """Return the Keras model of `version`, copied out of model storage into `directory` first."""
+    """Return the Keras model of `version`, after copying its .keras and .tflite out of model storage into `directory`."""
     from training import export
 
     directory.mkdir()
     # Through the storage API rather than a path, so artefacts kept in object storage work too.
-    with version.keras.open("rb") as source:
-        (directory / export.KERAS_FILE).write_bytes(source.read())
+    for field, name in ((version.keras, export.KERAS_FILE), (version.tflite, export.TFLITE_FILE)):
+        with field.open("rb") as source:
+            (directory / name).write_bytes(source.read())
     return export.load(directory)
 
 
-def score(model, data: dict) -> tuple[Score, dict]:
-    """Return the model's Score on one evaluation set (an empty set has no accuracy) and evaluate()'s details."""
-    if len(data["y"]) == 0:
-        return Score(0, None), {}
-    result = evaluate(model, data["x"], data["y"])
-    return Score(len(data["y"]), result["accuracy"], result["loss"]), result
+def scores(tflite: Path, sets: dict[str, dict]) -> dict[str, Score]:
+    """Return the Score of the .tflite model on each evaluation set (an empty set has no accuracy)."""
+    classifier = Classifier(tflite, num_threads=os.cpu_count() or 1)
+    result = {}
+    for name, data in sets.items():
+        if len(data["y"]) == 0:
+            result[name] = Score(0, None)
+            continue
+        evaluation = evaluate(classifier, data["x"], data["y"])
+        result[name] = Score(len(data["y"]), evaluation["accuracy"], evaluation["loss"], evaluation["per_class_accuracy"])
+    return result
 
 
-def notes(parent: ModelVersion, decision: retraining.Decision, activate: bool, options: dict) -> str:
+def accuracies(scores: dict[str, Score]) -> dict[str, float | None]:
+    """Return the metrics keys of the accuracies in `scores`."""
+    return {
+        "heldout_accuracy": scores["heldout"].accuracy,
+        "mnist_test_accuracy": scores["mnist"].accuracy,
+        "train_accuracy": scores["train"].accuracy,
+    }
+
+
+def notes(parent: ModelVersion, decision: retraining.Decision, activate: bool) -> str:
     """Return the version's notes: its origin, then the gate's verdict and reasons."""
     if activate and not decision.passed:
         outcome = "gate FAILED, activated with --force"
