@@ -92,7 +92,8 @@ def decode_payload(text: str) -> bytes:
     if text:
         # What browsers send is canonical base64, which decodes at once; only other text needs the
         # checks below, which say what is wrong with it (6x slower on a canvas PNG).
-        with contextlib.suppress(binascii.Error):
+        # ValueError covers binascii.Error and text with non-ASCII characters.
+        with contextlib.suppress(ValueError):
             return base64.b64decode(text, validate=True)
     text = "".join(text.split())
     if not text:
