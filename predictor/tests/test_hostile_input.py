@@ -137,6 +137,12 @@ def test_damaged_drawings_never_cause_a_server_error(api_client, active_model, d
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("text", ["é" * 8, "data:image/png;base64,QUJD€", "QUJD\u00a0QUJD", "\x00" * 4, "\ud7ff" * 4])
+def test_text_that_is_not_ascii_is_refused(api_client, active_model, text):
+    assert_refused(post_json(api_client, {"image": text}))
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("size", [4_000_000, 5 * 1024 * 1024 - 100])
 def test_huge_strings_under_the_body_limit_are_refused(api_client, active_model, size):
     assert_refused(post_json(api_client, {"image": "A" * size}))
@@ -399,3 +405,18 @@ def test_drawings_and_their_images_are_for_their_visitor_and_staff_only(active_m
     # Media files have no public URL of their own.
     assert APIClient().get(f"/media/{drawing.image.name}").status_code == 404
     assert owner.get(f"/drawings/{drawing.id}/image").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_forged_session_cookie_gives_no_access(active_model, digit_png, settings):
+    owner = APIClient()
+    created = post_json(owner, {"image": data_url(digit_png[0])}).json()
+    visitor_cookie = owner.cookies[settings.SESSION_COOKIE_NAME].value
+    payload = base64.urlsafe_b64encode(json.dumps({"visitor": "someone-else"}).encode()).decode().rstrip("=")
+    for forged in (payload, visitor_cookie.replace(visitor_cookie[-6:], "AAAAAA"), visitor_cookie[:-1]):
+        thief = APIClient()
+        thief.cookies[settings.SESSION_COOKIE_NAME] = forged
+        assert thief.get(f"/api/predictions/{created['id']}/").status_code == 404
+    owner_again = APIClient()
+    owner_again.cookies[settings.SESSION_COOKIE_NAME] = visitor_cookie
+    assert owner_again.get(f"/api/predictions/{created['id']}/").status_code == 200
