@@ -11,6 +11,7 @@ has its row and its image file.
     python bench/bench_http.py --database postgres               # PostgreSQL at --postgres-url
     python bench/bench_http.py --connections 8 --duration 20 --workers 3 --threads 2
     python bench/bench_http.py --set CONN_MAX_AGE=0          # a variant, to compare with the default
+    python bench/bench_http.py --breakdown                   # also: CPU per part of a request, in-process
 """
 
 import argparse
@@ -258,6 +259,54 @@ class Store:
         return sum(not (self.media / name).is_file() for name in names)
 
 
+def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
+    """Print the CPU milliseconds of each part of a prediction, timed in this process (Django set up)."""
+    import logging
+
+    from django.test import Client
+
+    from predictor import services
+    from predictor.api import PredictionOutputSerializer
+    from predictor.preprocessing import decode_payload, preprocess
+
+    logging.getLogger("django.request").setLevel(logging.ERROR)  # the refused requests below are expected
+    client = Client(HTTP_HOST="localhost")
+    bodies = [json.dumps({"image": url}) for url in urls]
+    images = [decode_payload(url) for url in urls]
+    _, classifier = services.active_classifier()
+    pixels = preprocess(images[0])
+    drawing = services.drawing_create(data=images[0], visitor="breakdown")
+    parts = {
+        "whole request (Django test client, 201)": lambda n: client.post(
+            "/api/predictions/", bodies[n % len(bodies)], content_type="application/json"
+        ),
+        "  refused request (400, empty image)": lambda n: client.post(
+            "/api/predictions/", '{"image": ""}', content_type="application/json"
+        ),
+        "  GET /api/health/ (1 query)": lambda n: client.get("/api/health/"),
+        "  decode_payload (base64)": lambda n: decode_payload(urls[n % len(urls)]),
+        "  PNG decode (cv2.imdecode)": lambda n: cv2.imdecode(np.frombuffer(images[n % len(images)], np.uint8), -1),
+        "  preprocess (decode included)": lambda n: preprocess(images[n % len(images)]),
+        "  inference (Classifier.predict)": lambda n: classifier.predict(pixels),
+        "  drawing_create (preprocess, inference, file, row)": lambda n: services.drawing_create(
+            data=images[n % len(images)], visitor="breakdown"
+        ),
+        "  output serializer (with the 28x28 PNG)": lambda n: PredictionOutputSerializer(drawing).data,
+    }
+    results = {name: [] for name in parts}
+    for _ in range(rounds):  # rounds interleave the parts, so a busy moment of the machine hits them all
+        for name, part in parts.items():
+            for n in range(10):
+                part(n)
+            started = time.process_time()
+            for n in range(count):
+                part(n)
+            results[name].append((time.process_time() - started) * 1000 / count)
+    print(f"CPU per call, median of {rounds} rounds of {count} (load average {os.getloadavg()[0]:.1f}):")
+    for name, values in results.items():
+        print(f"  {name:<52} {sorted(values)[rounds // 2]:6.3f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
@@ -272,6 +321,7 @@ def main() -> None:
     parser.add_argument("--drawings", type=int, default=8, help="different drawings to cycle through")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable of the server (a variant to compare), repeatable")
+    parser.add_argument("--breakdown", action="store_true", help="first time each part of a request in-process")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -290,6 +340,8 @@ def main() -> None:
     try:
         with scratch_site(args.database, args.postgres_url, overrides) as env:
             store = Store(env)
+            if args.breakdown:
+                breakdown(canvas_data_urls(args.drawings))
             with running_server(env, workers=args.workers, threads=args.threads, worker_class=args.worker_class) as (
                 base,
                 server,
