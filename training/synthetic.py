@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 THRESHOLD = 96  # MNIST ink above this is part of the stroke before thinning
-MIN_SPUR = 3  # skeleton branches this short ending in a junction are thinning artefacts
+MIN_SPUR = 2  # skeleton branches this short ending in a junction are thinning artefacts
 CHUNK = 250  # digits per task; each chunk has its own seed, so results do not depend on workers
 MIN_CANVAS, MAX_CANVAS = 200, 800
 SITE_PEN_FRACTION = 1 / 14  # the drawing page's pen is 1/14 of the canvas width
@@ -121,9 +121,48 @@ def _links(pixel: tuple[int, int], pixels: set[tuple[int, int]]) -> set[tuple[in
     return links
 
 
-def digit_strokes(image: np.ndarray) -> list[np.ndarray]:
-    """Return the pen strokes (polylines in MNIST pixel coordinates) of one MNIST digit uint8 (28, 28)."""
-    return trace_strokes(skeletonize(np.asarray(image) > THRESHOLD))
+def digit_strokes(image: np.ndarray, skeleton: np.ndarray | None = None) -> list[np.ndarray]:
+    """Return the pen strokes (polylines in MNIST pixel coordinates) of one MNIST digit uint8 (28, 28).
+
+    `skeleton` may be passed when already computed (skeletonize() is faster on a whole batch).
+    """
+    binary = np.asarray(image) > THRESHOLD
+    strokes = trace_strokes(skeletonize(binary) if skeleton is None else skeleton)
+    radius = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, 3)
+    return extend_free_ends(strokes, radius)
+
+
+def extend_free_ends(strokes: list[np.ndarray], radius: np.ndarray) -> list[np.ndarray]:
+    """Return strokes whose free ends are pushed out to where the original ink ended.
+
+    Thinning eats a stroke's end back by about its half-width, so a thick MNIST stroke redrawn
+    with a thin pen would come out short (the foot of a 2, the top of a 5). `radius` is the
+    distance transform of the digit's ink: the half-width of the stroke at each skeleton pixel.
+    """
+    ends: dict[tuple[float, float], int] = {}
+    for stroke in strokes:
+        for point in (stroke[0], stroke[-1]):
+            ends[tuple(point)] = ends.get(tuple(point), 0) + 1
+    out = []
+    for stroke in strokes:
+        stroke = stroke.copy()
+        if len(stroke) >= 2 and not np.array_equal(stroke[0], stroke[-1]):
+            for index, inward in ((0, min(3, len(stroke) - 1)), (-1, -1 - min(3, len(stroke) - 1))):
+                end = stroke[index]
+                if ends[tuple(end)] != 1:
+                    continue  # a junction shared with another stroke
+                direction = end - stroke[inward]
+                length = np.hypot(*direction)
+                if length:
+                    reach = max(float(radius[int(end[1]), int(end[0])]) - 1.0, 0.0)
+                    stroke = _with_end(stroke, index, end + direction / length * reach)
+        out.append(stroke)
+    return out
+
+
+def _with_end(stroke: np.ndarray, index: int, point: np.ndarray) -> np.ndarray:
+    """Return the polyline with `point` added before its first (index 0) or after its last point."""
+    return np.vstack([point, stroke]) if index == 0 else np.vstack([stroke, point])
 
 
 def jitter_strokes(strokes: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
@@ -306,5 +345,5 @@ def _render_chunk(task: tuple[np.ndarray, np.random.SeedSequence, bool]) -> np.n
     cv2.setNumThreads(1)
     rng = np.random.default_rng(seed)
     skeletons = skeletonize(images > THRESHOLD)  # one batched thinning for the whole chunk
-    rendered = [render_digit(image, rng, strokes=trace_strokes(sk), crop=crop) for image, sk in zip(images, skeletons)]
+    rendered = [render_digit(image, rng, strokes=digit_strokes(image, sk), crop=crop) for image, sk in zip(images, skeletons)]
     return np.stack(rendered) if rendered else np.zeros((0, 28, 28), np.uint8)

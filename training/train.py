@@ -20,7 +20,7 @@ from training import export
 from training.augment import make_dataset
 from training.config import TrainConfig, override
 from training.data import load_mnist, split_validation
-from training.evaluate import evaluate, evaluate_probabilities, fit_temperature, predict_probabilities
+from training.evaluate import evaluate, fit_temperature, predict_probabilities
 from training.model import build_model, logits_model, with_temperature
 
 BASE_DIR = Path(__file__).resolve().parent / "artifacts" / "base"
@@ -187,28 +187,30 @@ def run(
     # Calibrate on the first half of both validation sets; report calibration on the other half.
     half_val, half_canvas = len(data.x_val) // 2, len(data.x_canvas) // 2
     temperature = 1.0
-    ece_before = evaluate(model, data.x_canvas[half_canvas:], data.y_canvas[half_canvas:])["ece"]
+    ece_before = evaluate(model, data.x_canvas[half_canvas:], data.y_canvas[half_canvas:])["ece"] if half_canvas else None
     if config.calibrate:
         x_cal = np.concatenate([data.x_val[:half_val], data.x_canvas[:half_canvas]])
         y_cal = np.concatenate([data.y_val[:half_val], data.y_canvas[:half_canvas]])
         model, temperature = calibrate(model, x_cal, y_cal)
 
     test = evaluate(model, data.x_test, data.y_test)
-    canvas = evaluate(model, data.x_canvas, data.y_canvas)
-    canvas_probs = predict_probabilities(model, data.x_canvas[half_canvas:])
     val = evaluate(model, data.x_val, data.y_val)
+    has_canvas = len(data.x_canvas) > 0
+    canvas = evaluate(model, data.x_canvas, data.y_canvas) if has_canvas else None
+    ece_canvas = evaluate(model, data.x_canvas[half_canvas:], data.y_canvas[half_canvas:])["ece"] if has_canvas else None
     metrics = {
         "mnist_test_accuracy": test["accuracy"],
         "mnist_test_loss": test["loss"],
-        "canvas_val_accuracy": canvas["accuracy"],
+        "canvas_val_accuracy": canvas["accuracy"] if canvas else None,
         "canvas_val_size": len(data.x_canvas),
         "mnist_val_accuracy": val["accuracy"],
         "per_class_accuracy": test["per_class_accuracy"],
-        "per_class_accuracy_canvas": canvas["per_class_accuracy"],
+        "per_class_accuracy_canvas": canvas["per_class_accuracy"] if canvas else None,
         "confusion": test["confusion"],
-        "confusion_canvas": canvas["confusion"],
-        "ece_canvas": evaluate_probabilities(canvas_probs, data.y_canvas[half_canvas:])["ece"],
-        "ece_canvas_uncalibrated": ece_before,
+        "confusion_canvas": canvas["confusion"] if canvas else None,
+        # Measured on the half of the canvas-style set that the temperature was not fitted on.
+        "ece_canvas": ece_canvas,
+        "ece_canvas_uncalibrated": ece_before if has_canvas else None,
         "ece_mnist_test": test["ece"],
         "temperature": temperature,
         "best_epoch": history.best_epoch,
@@ -224,9 +226,13 @@ def run(
 
 def summary(metrics: dict[str, Any], out_dir: Path) -> str:
     """Return a short human-readable summary of exported metrics."""
+
+    def share(key: str) -> str:
+        return "n/a" if metrics.get(key) is None else f"{metrics[key]:.2%}"
+
     return (
-        f"saved {out_dir}: MNIST test {metrics['mnist_test_accuracy']:.4f}, canvas val {metrics['canvas_val_accuracy']:.4f}, "
-        f"ECE canvas {metrics['ece_canvas']:.4f}, {metrics['params']} params, {metrics['tflite_bytes']} bytes .tflite, "
+        f"saved {out_dir}: MNIST test {share('mnist_test_accuracy')}, canvas val {share('canvas_val_accuracy')}, "
+        f"ECE canvas {share('ece_canvas')}, {metrics['params']:,} params, {metrics['tflite_bytes']:,} bytes .tflite, "
         f"{metrics['train_seconds']:.0f} s"
     )
 

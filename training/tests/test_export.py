@@ -18,10 +18,14 @@ def images():
     return np.random.default_rng(0).integers(0, 256, (50, 28, 28)).astype(np.uint8)
 
 
+@pytest.fixture(scope="module")
+def tflite(model):
+    return export.to_tflite(model)
+
+
 @pytest.fixture
-def converted_once(model, monkeypatch):
+def converted_once(tflite, monkeypatch):
     """Reuse one conversion: the failure tests are about what happens after it."""
-    tflite = export.to_tflite(model)
     monkeypatch.setattr(export, "to_tflite", lambda m: tflite)
 
 
