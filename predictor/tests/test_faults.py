@@ -59,6 +59,8 @@ elif mode == "create":
 
     def work(thread):
         start.wait()
+        while args.get("after") and not os.path.exists(args["after"]):
+            time.sleep(0.01)
         for n in range(args["per_thread"]):
             try:
                 drawing = services.drawing_create(
@@ -82,6 +84,8 @@ elif mode == "swap":
     while not os.path.exists(args["stop"]) and time.monotonic() < deadline:
         swaps += 1
         services.model_version_activate(version=versions[swaps % len(versions)])
+        if swaps == 2:
+            open(args["started"], "w").close()
         time.sleep(args["pause"])
     print(json.dumps({"swaps": swaps}))
 elif mode == "crash":
@@ -197,9 +201,10 @@ def test_concurrent_writers_in_several_processes_lose_nothing(site):
 
 
 def test_swapping_the_active_model_during_requests_fails_none(site, tmp_path):
-    stop = tmp_path / "stop"
-    swapper = start_in_site(site, "swap", {"stop": str(stop), "pause": 0.02})
-    workers = [start_in_site(site, "create", create_args(site)) for _ in range(PROCESSES)]
+    stop, started = tmp_path / "stop", tmp_path / "started"
+    swapper = start_in_site(site, "swap", {"stop": str(stop), "started": str(started), "pause": 0.02})
+    # The workers start predicting once the swapper is swapping (each process takes seconds to start).
+    workers = [start_in_site(site, "create", {**create_args(site), "after": str(started)}) for _ in range(PROCESSES)]
     results = [finish(worker) for worker in workers]
     stop.touch()
     assert finish(swapper)["swaps"] > 1
