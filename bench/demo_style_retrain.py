@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -102,6 +103,30 @@ class Site:
         self.process.wait()
 
 
+class Traffic(threading.Thread):
+    """A visitor drawing about ten times a second, counting failed requests and the versions that answer."""
+
+    def __init__(self, site: Site, pngs: list[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.site, self.pngs = site, pngs
+        self.requests, self.failures, self.versions = 0, 0, []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.1):
+            try:
+                version = self.site.predict(self.pngs[self.requests % len(self.pngs)])["model_version"]
+                if not self.versions or self.versions[-1] != version:
+                    self.versions.append(version)
+            except OSError:  # urllib's HTTPError and connection errors
+                self.failures += 1
+            self.requests += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
 def measure(site: Site, pngs: list[bytes], labels: np.ndarray) -> tuple[float, set[int], list[dict]]:
     """Return (accuracy, model versions that answered, the answers) of the API on labelled drawings."""
     answers = [site.predict(png) for png in pngs]
@@ -164,10 +189,14 @@ def main() -> None:
             held_before = float(np.mean([answers[i]["predicted_label"] == style_labels[i] for i in held_out]))
             ordinary_before, _, _ = measure(site, ordinary_pngs, ordinary_labels)
 
+            # A visitor keeps drawing while the model is retrained and swapped: no request may fail.
+            traffic = Traffic(site, ordinary_pngs)
+            traffic.start()
             seconds, report = run_command(directory, "retrain", *options.retrain_options)
             print(report)
             new = ModelVersion.objects.order_by("-version").first()
             if not new.is_active:
+                traffic.stop()
                 raise SystemExit("the retrained version was not activated; see the report above")
             switch = wait_for_version(site, style_pngs[0], new.version)
             held_after, versions_after, _ = measure(site, [style_pngs[i] for i in held_out], style_labels[held_out])
@@ -176,11 +205,15 @@ def main() -> None:
 
             run_command(directory, "activate_model", str(base.version))
             rollback = wait_for_version(site, style_pngs[0], base.version)
+            time.sleep(1)
+            traffic.stop()
         finally:
             site.stop()
 
     print(f"\nretrain took {seconds:.0f} s; the running server answered with version {new.version} "
-          f"{switch:.1f} s after the command ended; rollback took {rollback:.1f} s to reach the server\n")
+          f"{switch:.1f} s after the command ended; rollback took {rollback:.1f} s to reach the server")
+    print(f"meanwhile a visitor sent {traffic.requests} drawings: {traffic.failures} failed; "
+          f"versions answering in turn: {' -> '.join(map(str, traffic.versions))}\n")
     print(f"| measured through the API (gunicorn, 2 workers) | size | v{base.version} (before) | v{new.version} (after) |")
     print("| --- | ---: | ---: | ---: |")
     print(f"| held-out bubble drawings (never labelled) | {len(held_out)} | {held_before:.1%} | {held_after:.1%} |")
