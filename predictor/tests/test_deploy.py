@@ -193,3 +193,19 @@ def test_gunicorn_serves_predictions_as_in_production(tmp_path, mnist_train):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.django_db
+def test_a_prediction_costs_one_insert_and_no_session_query(api_client, active_model, digit_png, monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.throttling import ScopedRateThrottle
+
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"predictions": None, "feedback": None})
+    api_client.post("/api/predictions/", {"image": data_url(digit_png[0])}, format="json")  # the visitor's first
+    with CaptureQueriesContext(connection) as queries:
+        response = api_client.post("/api/predictions/", {"image": data_url(digit_png[0])}, format="json")
+    assert response.status_code == 201
+    statements = [query["sql"].split()[0].upper() for query in queries.captured_queries]
+    assert statements.count("INSERT") == 1
+    assert not {"SELECT", "UPDATE", "DELETE"} & set(statements), statements
