@@ -67,6 +67,9 @@ class Command(BaseCommand):
                 self.retrain(config, options)
         except retraining.AlreadyRunning as error:
             raise CommandError(str(error)) from error
+        except KeyboardInterrupt:
+            # Nothing is recorded before the registration, which rolls itself back: nothing changed.
+            raise CommandError("Interrupted: the model registry and the served model are unchanged.") from None
 
     def prepare(self, config: FinetuneConfig, options: dict) -> tuple[ModelVersion, dict]:
         """Return the active version and the fine-tuning dataset, after reporting both and checking its size."""
