@@ -1,5 +1,6 @@
 """The operations the API, pages, admin and commands perform; the only code joining the ORM and the model."""
 
+import logging
 import threading
 import time
 import uuid
@@ -19,6 +20,8 @@ from predictor.models import Drawing, ModelVersion
 from predictor.preprocessing import image_format, preprocess
 
 VISITOR_SESSION_KEY = "visitor"
+
+logger = logging.getLogger(__name__)
 
 
 class ModelUnavailable(Exception):
@@ -71,7 +74,10 @@ def active_classifier() -> tuple[ModelVersion, Classifier]:
             try:
                 classifier = Classifier(version.tflite.path)
             except ModelLoadError as error:
-                raise ModelUnavailable(f"Model version {version.version} cannot be loaded: {error}") from error
+                logger.error("Model version %s cannot be loaded: %s", version.version, error)
+                # The public reason names the file as stored (v1/model.tflite), not the server's path.
+                reason = str(error).replace(version.tflite.path, version.tflite.name)
+                raise ModelUnavailable(f"Model version {version.version} cannot be loaded: {reason}") from error
             # Keep only the newly active classifier: old versions are not served again until reactivated.
             _classifiers.clear()
             _classifiers[version_id] = (version, classifier)

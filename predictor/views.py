@@ -3,7 +3,7 @@
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from predictor import services
 from predictor.models import Drawing
@@ -11,13 +11,13 @@ from predictor.models import Drawing
 HISTORY_PAGE_SIZE = 24
 
 
-@require_GET
+@require_safe
 def index(request):
     """Return the drawing page."""
     return render(request, "predictor/index.html")
 
 
-@require_GET
+@require_safe
 def history(request):
     """Return a page of this visitor's drawings, newest first."""
     drawings = services.drawing_history(visitor=services.visitor_for_session(request.session, create=False))
@@ -25,7 +25,7 @@ def history(request):
     return render(request, "predictor/history.html", {"page_obj": page_obj})
 
 
-@require_GET
+@require_safe
 def drawing_image(request, drawing_id):
     """Return the stored image of a drawing to the visitor who made it or to staff."""
     try:

@@ -301,6 +301,7 @@ def test_a_broken_model_file_gives_503_with_a_reason_and_recovers_without_restar
     assert refused.status_code == 503
     assert refused.json()["code"] == "model_unavailable"
     assert "Model version 1 cannot be loaded" in refused.json()["detail"]
+    assert str(settings.DIGIT_MODEL_ROOT) not in refused.json()["detail"]  # no server paths in public
     health = api_client.get("/api/health/")
     assert health.status_code == 503
     assert health.json()["status"] == "unavailable" and "cannot be loaded" in health.json()["detail"]
