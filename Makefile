@@ -26,6 +26,7 @@ install-dev: $(BIN)/.dev
 
 # Database tables, the shared cache table and the shipped model registered as version 1.
 setup: install
+	mkdir -p var
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py createcachetable
 	$(BIN)/python manage.py register_base_model
