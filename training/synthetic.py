@@ -3,9 +3,9 @@
 A person drawing on the site's canvas makes smooth strokes of one pen width, anti-aliased with round
 caps and joins, at any size and position on a canvas of any shape. MNIST digits are scanned pen
 strokes that were blurred and scaled. To show the model drawings like the site's, each MNIST digit
-is thinned to its one-pixel skeleton (Zhang-Suen), traced into polylines, smoothed, jittered, redrawn
-with a random pen on a random canvas, encoded as PNG and passed through `predictor.preprocessing`
-exactly as a submitted drawing is. Everything random comes from a numpy Generator, so a seed fixes
+is thinned to its one-pixel skeleton (Zhang-Suen), traced into polylines (free ends pushed back out
+to where the ink ended), smoothed, jittered, redrawn with a random pen on a random canvas, encoded
+as PNG and passed through `predictor.preprocessing` exactly as a submitted drawing is. Everything random comes from a numpy Generator, so a seed fixes
 the output, whatever the number of worker processes.
 """
 
