@@ -1,5 +1,7 @@
 import base64
 import io
+import os
+import shutil
 
 import cv2
 import numpy as np
@@ -124,3 +126,34 @@ def make_drawing(model_version, mnist_train):
         return Drawing.objects.create(**values)
 
     return make
+
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """The system's headless Chromium (Playwright cannot download its own); missing, skip locally, fail in CI."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    executable = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if sync_playwright is None or executable is None:
+        reason = "Playwright or Chromium is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}: CI must run the browser tests.", pytrace=False)
+        pytest.skip(reason)
+    # Playwright's sync API runs an event loop in this thread, which makes Django refuse ORM calls.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
+            yield chromium
+            chromium.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous

@@ -1,9 +1,7 @@
 """Browser tests of the drawing and history pages: headless Chromium, real HTTP, the shipped model."""
 
 import math
-import os
 import re
-import shutil
 
 import pytest
 from django.conf import settings
@@ -11,13 +9,12 @@ from django.conf import settings
 from predictor.models import Drawing
 
 try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # reported by the browser fixture: skipped locally, a failure in CI
-    expect = sync_playwright = None
+    from playwright.sync_api import expect
+except ImportError:  # reported by the browser fixture (conftest): skipped locally, a failure in CI
+    expect = None
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 DESKTOP = {"width": 1280, "height": 800}
 SCREENSHOT = settings.BASE_DIR / "docs" / "screenshot.png"
 
@@ -47,36 +44,6 @@ COUNT_INK = """canvas => {
     }
     return ink;
 }"""
-
-
-def browser_unavailable(reason):
-    """Skip on a developer's machine; in CI a missing browser is a failure."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}: CI must run the browser tests.", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """One headless Chromium (the system's: Playwright cannot download its own here) for the module."""
-    if sync_playwright is None:
-        browser_unavailable("Playwright is not installed")
-    executable = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        browser_unavailable("Chromium is not installed")
-    # Playwright's sync API runs an event loop in this thread, which makes Django refuse ORM calls.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
-            yield chromium
-            chromium.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture

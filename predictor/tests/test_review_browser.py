@@ -1,8 +1,6 @@
 """Browser test of the review loop: a visitor says a prediction is wrong, a reviewer relabels it in the admin."""
 
 import importlib
-import os
-import shutil
 
 import pytest
 from django.apps import apps
@@ -11,38 +9,13 @@ from django.contrib.auth.models import Group, User
 from predictor.models import Drawing
 
 try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # reported by the browser fixture: skipped locally, a failure in CI
-    expect = sync_playwright = None
+    from playwright.sync_api import expect
+except ImportError:  # reported by the browser fixture (conftest): skipped locally, a failure in CI
+    expect = None
 
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PASSWORD = "a long review password"
 # A "1" in canvas units (0..1 of the width and height): one slightly slanted stroke.
 ONE = [(0.53, 0.18), (0.5, 0.5), (0.47, 0.82)]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """The system's headless Chromium (Playwright cannot download its own); missing, skip locally, fail in CI."""
-    executable = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if sync_playwright is None or executable is None:
-        reason = "Playwright or Chromium is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}: CI must run the browser tests.", pytrace=False)
-        pytest.skip(reason)
-    # Playwright's sync API runs an event loop in this thread, which makes Django refuse ORM calls.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
-            yield chromium
-            chromium.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
