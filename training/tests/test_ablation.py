@@ -4,6 +4,7 @@ import numpy as np
 
 from training import ablation
 from training.config import TrainConfig
+from training.model import build_model
 from training.train import prepare_data
 
 TINY = TrainConfig(
@@ -30,6 +31,7 @@ def test_each_run_switches_off_only_its_part(monkeypatch):
 
     monkeypatch.setattr(ablation, "train", fake_train)
     monkeypatch.setattr(ablation, "evaluate", lambda model, x, y: {"accuracy": 0.5})
+    monkeypatch.setattr(ablation, "settle_batchnorm", lambda model, x: None)
     data = prepare_data(TINY, log=lambda _: None)
     rows = ablation.ablate(TINY, data, log=lambda _: None)
 
@@ -50,3 +52,20 @@ def test_a_tiny_ablation_trains_and_scores_each_run():
     assert [row.switched_off for row in rows] == ["nothing", "elastic distortion"]
     assert [row.train_images for row in rows] == [256, 256]
     assert all(0 <= row.canvas_val_accuracy <= 1 and 0 <= row.mnist_val_accuracy <= 1 for row in rows)
+
+
+def test_settled_batchnorm_gives_inference_the_training_statistics():
+    model = build_model(widths=(4, 4, 4, 4, 4), dropout=0.0)
+    x = prepare_data(TINY, log=lambda _: None).x_train[:200].astype(np.float32)[..., None]
+    # A fresh model's running statistics (mean 0, variance 1) are far from the real ones.
+    assert np.max(np.abs(model(x, training=False) - model(x, training=True))) > 1e-3
+    ablation.settle_batchnorm(model, x)
+    np.testing.assert_allclose(model(x, training=False), model(x, training=True), atol=1e-4)
+    assert all(layer.momentum == 0.99 for layer in model.layers if "batch_normalization" in layer.name)
+
+
+def test_training_sample_is_augmented_training_batches():
+    data = prepare_data(TINY, log=lambda _: None)
+    sample = ablation.training_sample(TINY, data, size=100)
+    assert sample.shape == (100, 28, 28, 1) and sample.dtype == np.float32
+    assert 0 <= sample.min() and sample.max() <= 255
