@@ -117,6 +117,24 @@ class PredictionOutputSerializer(serializers.Serializer):
     feedback_label = serializers.IntegerField(allow_null=True)
     true_label = serializers.IntegerField(allow_null=True)
 
+    def to_representation(self, drawing: Drawing) -> dict:
+        # The fields above document the answer (OpenAPI); building it directly skips DRF's per-instance
+        # deep copy of every declared field, 0.3 ms of each prediction. A test compares both ways.
+        return {
+            "id": str(drawing.id),
+            "predicted_label": drawing.predicted_label,
+            "confidence": drawing.confidence,
+            "probabilities": [float(p) for p in drawing.probabilities],
+            "model_version": drawing.model_version.version,
+            "input_image": drawing.input_image_data_url,
+            "created_at": _DATETIME.to_representation(drawing.created_at),
+            "feedback_label": drawing.feedback_label,
+            "true_label": drawing.true_label,
+        }
+
+
+_DATETIME = serializers.DateTimeField()
+
 
 class PredictionCreateApi(APIView):
     """Read a drawing: store it and answer with what the model sees."""

@@ -82,9 +82,9 @@ class Drawing(models.Model):
         db_index=True,
         help_text=_("Opaque id kept in the visitor's session; only that visitor sees the drawing."),
     )
-    image = models.ImageField(
-        _("image"), upload_to=drawing_upload_to, width_field="image_width", height_field="image_height"
-    )
+    # The size is read from the image header when the drawing is stored, not by the field: an
+    # ImageField with width_field/height_field opens the file every time a row without them is loaded.
+    image = models.ImageField(_("image"), upload_to=drawing_upload_to)
     image_width = models.PositiveIntegerField(_("width"), null=True, editable=False)
     image_height = models.PositiveIntegerField(_("height"), null=True, editable=False)
     input_pixels = models.BinaryField(

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from predictor.inference import Classifier, ModelLoadError
 from predictor.models import Drawing, ModelVersion
-from predictor.preprocessing import image_format, preprocess
+from predictor.preprocessing import image_format, image_size, preprocess
 
 VISITOR_SESSION_KEY = "visitor"
 
@@ -96,10 +96,13 @@ def drawing_create(*, data: bytes, visitor: str) -> Drawing:
     started = time.perf_counter()
     extension = image_format(data)
     pixels = preprocess(data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS)
+    width, height = image_size(data)
     version, classifier = active_classifier()
     prediction = classifier.predict(pixels)
     drawing = Drawing(
         visitor=visitor,
+        image_width=width,
+        image_height=height,
         input_pixels=pixels.astype("uint8").tobytes(),
         model_version=version,
         predicted_label=prediction.predicted_label,

@@ -265,3 +265,24 @@ def test_error_details_are_plain_sentences(api_client, active_model, blank_png):
     not_base64 = api_client.post(CREATE_URL, {"image": "%%%"}, format="json").json()
     assert empty["detail"].startswith("Draw a digit first")
     assert not_base64["detail"].startswith("The image data is not valid base64")
+
+
+def test_prediction_answer_is_what_the_declared_fields_give(api_client, active_model, digit_png):
+    from rest_framework import serializers
+
+    from predictor.api import PredictionOutputSerializer
+
+    png, _ = digit_png
+    response = api_client.post(CREATE_URL, {"image": data_url(png)}, format="json")
+    drawing = Drawing.objects.select_related("model_version").get(id=response.json()["id"])
+    drawing.feedback_label, drawing.true_label = 3, 4
+    serializer = PredictionOutputSerializer(drawing)
+    # DRF's generic field-by-field representation is the reference for the hand-built one.
+    assert serializer.data == serializers.Serializer.to_representation(serializer, drawing)
+
+
+@pytest.mark.django_db
+def test_loading_a_drawing_does_not_open_its_image(make_drawing):
+    drawing = make_drawing(image="drawings/never-written.png", image_width=None, image_height=None)
+    loaded = Drawing.objects.get(id=drawing.id)
+    assert loaded.image.name == "drawings/never-written.png" and loaded.image_width is None

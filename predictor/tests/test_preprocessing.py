@@ -340,6 +340,43 @@ def test_damaged_png_is_invalid(how):
         preprocess(damage_png(how))
 
 
+CANVAS_PNGS = {
+    "rgba-transparent": lambda: encode(draw("0")),
+    "rgba-coloured": lambda: encode(draw("1", (500, 320), background=(250, 240, 200, 255), ink=(200, 0, 90, 255))),
+    "rgb-white": lambda: encode(draw("7", (280, 280), background=WHITE).convert("RGB")),
+    "rgba-written-by-opencv": lambda: cv2.imencode(".png", cv2.cvtColor(np.asarray(draw()), cv2.COLOR_RGBA2BGRA))[1].tobytes(),
+    "rgba-best-compression": lambda: encode(draw("0", (1000, 1000)), compress_level=9),
+}
+
+
+@pytest.mark.parametrize("name", CANVAS_PNGS)
+def test_canvas_pngs_decode_to_the_same_pixels_with_either_decoder(name):
+    data = CANVAS_PNGS[name]()
+    fast = preprocessing._decode_canvas_png(data)
+    assert fast is not None, "a plain 8-bit truecolour PNG should take the libspng path"
+    assert np.array_equal(fast, preprocessing._decode_with_opencv(data, "png"))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(draw(background=WHITE).convert("RGB"), transparency=(255, 255, 255)),
+        damage_png("bad-idat-crc"),
+        damage_png("no-end"),
+        encode(draw(background=WHITE).convert("L")),
+        png16(draw(), 4),
+    ],
+    ids=["rgb-with-transparent-colour", "bad-crc", "no-end", "grey", "16-bit"],
+)
+def test_other_pngs_are_left_to_opencv(data):
+    assert preprocessing._decode_canvas_png(data) is None
+
+
+def test_rgb_png_with_a_transparent_colour_reads_it_as_transparent(reference):
+    data = encode(draw(background=WHITE).convert("RGB"), transparency=(255, 255, 255))
+    assert_close(preprocess(data), reference, mean=2.0)
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
 def test_truncated_jpeg_or_webp_is_invalid(fmt):
     data = encode(draw(background=WHITE).convert("RGB"), fmt, quality=90)
