@@ -29,7 +29,7 @@ class TrainConfig:
     """Everything that decides a training run; written into metrics.json beside the model."""
 
     seed: int = 1
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 128
     learning_rate: float = 3e-3
     weight_decay: float = 5e-4
@@ -39,7 +39,7 @@ class TrainConfig:
     widths: tuple[int, ...] = (32, 32, 64, 64, 128)
     validation_size: int = 5000  # the last images of MNIST train, never trained on
     train_limit: int = 0  # 0 = all of MNIST train minus the validation slice
-    synthetic_size: int = 12000  # canvas-style renders of training digits mixed into training
+    synthetic_size: int = 24000  # canvas-style renders of training digits mixed into training
     canvas_val_size: int = 5000  # canvas-style renders of the validation slice
     calibrate: bool = True  # fit a softmax temperature on half of the validation data
     parity_size: int = 1000  # MNIST test images used to compare Keras and TFLite
