@@ -298,17 +298,18 @@ def _find_ink(pixels: np.ndarray) -> np.ndarray:
     1-px border, so black on white, white on black and blue on yellow all work. Anything within
     NOISE_LEVEL of the background becomes 0 and the strongest distance is scaled to 255.
     """
+    backgrounds = _border_medians(pixels)
     if pixels.ndim == 2:
-        planes = [pixels]
-    elif pixels.shape[2] == 4 and _border_median(pixels[:, :, 3]) < 128:
+        planes = [(pixels, backgrounds[0])]
+    elif pixels.shape[2] == 4 and backgrounds[3] < 128:
         # A transparent border means a transparent canvas: coverage is the ink, colour is irrelevant
         # (a canvas cleared to transparent stores black, white or anything as "no colour").
-        planes = [cv2.extractChannel(pixels, 3)]
+        planes = [(cv2.extractChannel(pixels, 3), backgrounds[3])]
     else:
-        planes = cv2.split(pixels)[:3]
+        planes = list(zip(cv2.split(pixels)[:3], backgrounds[:3]))
     distance = None
-    for plane in planes:
-        difference = cv2.absdiff(plane, _border_median(plane))
+    for plane, background in planes:
+        difference = cv2.absdiff(plane, float(background))
         distance = difference if distance is None else cv2.max(distance, difference)
     contrast = int(distance.max())
     if contrast <= NOISE_LEVEL:
@@ -317,10 +318,11 @@ def _find_ink(pixels: np.ndarray) -> np.ndarray:
     return distance if contrast == 255 else cv2.convertScaleAbs(distance, alpha=255.0 / contrast)
 
 
-def _border_median(plane: np.ndarray) -> float:
-    """Return the median value of the 1-px frame around a single-channel image."""
-    frame = np.concatenate((plane[0], plane[-1], plane[1:-1, 0], plane[1:-1, -1]))
-    return float(np.median(frame))
+def _border_medians(pixels: np.ndarray) -> np.ndarray:
+    """Return the median value of the 1-px frame around the image, per channel (one value for grey)."""
+    image = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    frame = np.concatenate((image[0], image[-1], image[1:-1, 0], image[1:-1, -1]))
+    return np.median(frame, axis=0)  # one call for every channel: numpy's median costs most in its overhead
 
 
 def _crop_to_ink(ink: np.ndarray) -> np.ndarray:

@@ -107,9 +107,20 @@ def test_production_settings_send_security_headers_and_use_hashed_static_files(t
     assert headers["Referrer-Policy"] == "same-origin"
     assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
     assert probe["plain_status"] == 301 and probe["plain_location"].startswith("https://")
-    assert probe["staticfiles"] == "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    assert probe["staticfiles"] == "digitsite.staticfiles.HashedStaticFilesStorage"
     assert probe["cache"] == "django.core.cache.backends.db.DatabaseCache"
     assert probe["throttle_rates"] == {"predictions": "120/min", "feedback": "60/min"}
+
+
+def test_collected_page_script_imports_its_modules_by_hashed_name(tmp_path):
+    result = run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"], production_env(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    manifest = json.loads((tmp_path / "static" / "staticfiles.json").read_text())["paths"]
+    main = (tmp_path / "static" / manifest["js/main.js"]).read_text()
+    for module in ("api.js", "drawing-pad.js"):
+        hashed = manifest[f"js/{module}"].removeprefix("js/")
+        assert f'from "./{hashed}"' in main
+        assert (tmp_path / "static" / f"{manifest[f'js/{module}']}.gz").exists()
 
 
 def test_cache_url_selects_redis_and_throttles_are_configurable(tmp_path):
