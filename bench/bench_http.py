@@ -265,9 +265,8 @@ def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
 
     from django.test import Client
 
-    from predictor import services
+    from predictor import preprocessing, services
     from predictor.api import PredictionOutputSerializer
-    from predictor import preprocessing
     from predictor.preprocessing import decode_payload, preprocess
 
     logging.getLogger("django.request").setLevel(logging.ERROR)  # the refused requests below are expected

@@ -106,6 +106,10 @@ class ImagePayloadField(serializers.Field):
         return None
 
 
+# Formats created_at as the declared DateTimeField does (ISO 8601, in the current time zone).
+_DATETIME = serializers.DateTimeField()
+
+
 class PredictionOutputSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     predicted_label = serializers.IntegerField()
@@ -131,9 +135,6 @@ class PredictionOutputSerializer(serializers.Serializer):
             "feedback_label": drawing.feedback_label,
             "true_label": drawing.true_label,
         }
-
-
-_DATETIME = serializers.DateTimeField()
 
 
 class PredictionCreateApi(APIView):

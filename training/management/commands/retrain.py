@@ -3,16 +3,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models.fields.files import FieldFile
 
 from predictor import selectors, services
 from predictor.inference import Classifier
-from predictor.models import Drawing, ModelVersion
+from predictor.models import ModelVersion
 from training import retraining
 from training.config import FinetuneConfig, override
 from training.data import load_mnist
@@ -220,11 +218,7 @@ class Command(BaseCommand):
 def build_dataset() -> dict:
     """Return the reviewed drawings as arrays, split by id into "train" and "heldout", plus "skipped" and "sizes"."""
     ids, images, labels, skipped = [], [], [], []
-    # Plain rows, not Drawing instances: loading a Drawing whose image size was never stored makes
-    # ImageField open the image at once, which would fail on a missing file before it could be skipped.
-    field = Drawing._meta.get_field("image")
-    rows = selectors.finetuning_dataset().values_list("id", "image", "true_label").iterator(chunk_size=500)
-    drawings = (SimpleNamespace(id=i, image=FieldFile(None, field, name), true_label=label) for i, name, label in rows)
+    drawings = selectors.finetuning_dataset().only("id", "image", "true_label").iterator(chunk_size=500)
     # The stored image through the serving preprocessing, so training sees what serving would see today.
     for drawing, pixels, reason in selectors.drawing_inputs(drawings):
         if pixels is None:
