@@ -1,4 +1,7 @@
-"""Augmentation ablation: train the same small model with everything on, then with one part switched off.
+"""Augmentation ablation: train the same small model as configured, then with one part switched the other way.
+
+A part the configuration uses is switched off ("without ..."); a part it leaves out is switched on
+("with ..."), so the table answers the same question whichever way the shipped configuration went.
 
 Every run uses train() with the same seed, so the initial weights, the batch order and the random draws
 of the augmentations left on are identical; only the switched-off part differs. Each run is judged on
@@ -24,7 +27,7 @@ from training.config import AugmentConfig, TrainConfig
 from training.evaluate import evaluate
 from training.train import Data, train
 
-# Each entry names what is switched off and the AugmentConfig fields that switch it off.
+# Each entry names a part and the AugmentConfig fields that switch it off; the opposite values switch it on.
 SWITCHES: dict[str, dict[str, bool]] = {
     "rotation and shear": {"rotation": False, "shear": False},
     "scale and translation": {"scale": False, "translate": False},
@@ -39,7 +42,7 @@ SETTLE_IMAGES = 2048  # training images whose statistics replace BatchNorm's run
 class AblationRow:
     """The result of one ablation run."""
 
-    switched_off: str  # "nothing" for the run with every augmentation on
+    change: str  # "nothing" for the run as configured, else "without <part>" or "with <part>"
     canvas_val_accuracy: float
     mnist_val_accuracy: float
     train_images: int
@@ -51,6 +54,13 @@ def without_synthetic(config: TrainConfig, data: Data) -> Data:
     # prepare_data appends min(synthetic_size, real images) renders after the real training images.
     real = len(data.x_train) - min(config.synthetic_size, len(data.x_train) // 2)
     return replace(data, x_train=data.x_train[:real], y_train=data.y_train[:real])
+
+
+def toggle(augment: AugmentConfig, name: str, off: dict[str, bool]) -> tuple[str, AugmentConfig]:
+    """Return (label, augment) with the part `name` switched off if `augment` uses it, else switched on."""
+    if all(getattr(augment, field) == value for field, value in off.items()):
+        return f"with {name}", replace(augment, **{field: not value for field, value in off.items()})
+    return f"without {name}", replace(augment, **off)
 
 
 def settle_batchnorm(model: keras.Model, x: np.ndarray) -> None:
@@ -81,17 +91,18 @@ def ablate(
     *,
     log: Callable[[str], None] = print,
 ) -> list[AblationRow]:
-    """Return one AblationRow with every augmentation on, then one per switch turned off.
+    """Return one AblationRow for the run as configured, then one per part switched the other way.
 
     When `config.synthetic_size` is set (and `data` came from prepare_data(config)), a last run
     trains without the canvas-style training drawings.
     """
     augment = config.augment or AugmentConfig()
     runs: list[tuple[str, TrainConfig, Data]] = [("nothing", replace(config, augment=augment), data)]
-    for name, changes in switches.items():
-        runs.append((name, replace(config, augment=replace(augment, **changes)), data))
+    for name, off in switches.items():
+        label, changed = toggle(augment, name, off)
+        runs.append((label, replace(config, augment=changed), data))
     if config.synthetic_size:
-        runs.append((SYNTHETIC, replace(config, augment=augment, synthetic_size=0), without_synthetic(config, data)))
+        runs.append((f"without {SYNTHETIC}", replace(config, augment=augment, synthetic_size=0), without_synthetic(config, data)))
 
     rows = []
     for name, run_config, run_data in runs:
@@ -99,13 +110,13 @@ def ablate(
         model, _ = train(run_config, run_data, verbose=0)
         settle_batchnorm(model, training_sample(run_config, run_data))
         row = AblationRow(
-            switched_off=name,
+            change=name,
             canvas_val_accuracy=evaluate(model, run_data.x_canvas, run_data.y_canvas)["accuracy"],
             mnist_val_accuracy=evaluate(model, run_data.x_val, run_data.y_val)["accuracy"],
             train_images=len(run_data.x_train),
             seconds=time.perf_counter() - started,
         )
-        log(f"off: {name:<32} canvas val {row.canvas_val_accuracy:.4f}  MNIST val {row.mnist_val_accuracy:.4f}  "
+        log(f"{name:<40} canvas val {row.canvas_val_accuracy:.4f}  MNIST val {row.mnist_val_accuracy:.4f}  "
             f"({row.train_images} images, {row.seconds:.0f} s)")
         rows.append(row)
     return rows

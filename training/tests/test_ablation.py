@@ -3,7 +3,7 @@ from dataclasses import replace
 import numpy as np
 
 from training import ablation
-from training.config import TrainConfig
+from training.config import AugmentConfig, TrainConfig
 from training.model import build_model
 from training.train import prepare_data
 
@@ -35,7 +35,7 @@ def test_each_run_switches_off_only_its_part(monkeypatch):
     data = prepare_data(TINY, log=lambda _: None)
     rows = ablation.ablate(TINY, data, log=lambda _: None)
 
-    assert [row.switched_off for row in rows] == ["nothing", *ablation.SWITCHES, ablation.SYNTHETIC]
+    assert [row.change for row in rows] == ["nothing", *(f"without {name}" for name in ablation.SWITCHES), f"without {ablation.SYNTHETIC}"]
     everything, rotation, scale, thickness, elastic, synthetic = seen.values()
     assert everything == (TINY.augment, 64, 320)
     assert not rotation[0].rotation and not rotation[0].shear and rotation[0].scale and rotation[0].elastic
@@ -45,11 +45,19 @@ def test_each_run_switches_off_only_its_part(monkeypatch):
     assert synthetic == (TINY.augment, 0, 256)
 
 
+def test_a_part_the_configuration_leaves_out_is_switched_on():
+    augment = replace(AugmentConfig(), elastic=False)
+    label, changed = ablation.toggle(augment, "elastic distortion", {"elastic": False})
+    assert (label, changed) == ("with elastic distortion", replace(augment, elastic=True))
+    label, changed = ablation.toggle(augment, "rotation and shear", {"rotation": False, "shear": False})
+    assert label == "without rotation and shear" and not changed.rotation and not changed.shear and not changed.elastic
+
+
 def test_a_tiny_ablation_trains_and_scores_each_run():
     config = replace(TINY, synthetic_size=0)
     data = prepare_data(config, log=lambda _: None)
     rows = ablation.ablate(config, data, {"elastic distortion": {"elastic": False}}, log=lambda _: None)
-    assert [row.switched_off for row in rows] == ["nothing", "elastic distortion"]
+    assert [row.change for row in rows] == ["nothing", "without elastic distortion"]
     assert [row.train_images for row in rows] == [256, 256]
     assert all(0 <= row.canvas_val_accuracy <= 1 and 0 <= row.mnist_val_accuracy <= 1 for row in rows)
 
