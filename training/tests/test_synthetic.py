@@ -69,3 +69,81 @@ def test_skeleton_of_a_thick_bar_is_one_pixel_wide():
     assert (skeleton[:, 8:20].sum(axis=0) == 1).all()
     (stroke,) = synthetic.trace_strokes(skeleton)
     assert stroke.shape[1] == 2 and np.ptp(stroke[:, 0]) > 10
+
+
+def _stick_with_blot() -> np.ndarray:
+    """A uint8 (28, 28) 'digit': a thin vertical stroke ending in a filled disc, like a 6 whose loop was inked in."""
+    image = np.zeros((28, 28), np.uint8)
+    cv2.line(image, (10, 4), (10, 22), 255, 2)
+    cv2.circle(image, (15, 19), 5, 255, -1)
+    return image
+
+
+def test_a_blot_is_found_where_the_ink_is_far_thicker_than_the_strokes():
+    image = _stick_with_blot()
+    binary = image > synthetic.THRESHOLD
+    radius = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, 3)
+    mask = synthetic.blots(binary, radius, synthetic.skeletonize(binary))
+    rows, columns = np.nonzero(mask)
+    assert mask.sum() >= 20 and (mask <= binary).all()
+    assert rows.min() >= 13 and columns.min() >= 10  # inside the disc, not on the stroke above it
+
+    stroke_only = np.zeros((28, 28), bool)
+    stroke_only[4:23, 9:12] = True
+    radius = cv2.distanceTransform(stroke_only.astype(np.uint8), cv2.DIST_L2, 3)
+    assert not synthetic.blots(stroke_only, radius, synthetic.skeletonize(stroke_only)).any()
+
+
+def test_scribble_covers_each_row_of_a_mask_with_one_stroke_per_run():
+    mask = np.zeros((28, 28), bool)
+    mask[5:8, 3:9] = True
+    mask[6, 12:15] = True
+    strokes = synthetic.scribble(mask)
+    assert [s.tolist() for s in strokes] == [
+        [[3, 5], [8, 5]],
+        [[3, 6], [8, 6]],
+        [[12, 6], [14, 6]],
+        [[3, 7], [8, 7]],
+    ]
+
+
+def test_a_blotted_digit_is_drawn_with_its_blot_filled():
+    image = _stick_with_blot()
+    binary = image > synthetic.THRESHOLD
+    radius = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, 3)
+    # Thinning alone turns the disc into the end of one line.
+    (line,) = synthetic.extend_free_ends(synthetic.trace_strokes(synthetic.skeletonize(binary)), radius)
+    strokes = synthetic.digit_strokes(image)
+    assert len(strokes) > 5 and np.array_equal(strokes[0], line)  # the line, then rows through the disc
+    for seed in range(5):
+        filled = synthetic.render_digit(image, np.random.default_rng(seed))
+        thinned = synthetic.render_digit(image, np.random.default_rng(seed), strokes=[line])
+        assert (filled > 128).sum() > 1.2 * (thinned > 128).sum()
+
+
+def test_smallest_loop_radius_measures_the_tightest_loop():
+    theta = np.linspace(0, 2 * np.pi, 60)
+    ring = np.stack([14 + 6 * np.cos(theta), 14 + 6 * np.sin(theta)], axis=1)
+    small = np.stack([5 + 2 * np.cos(theta), 5 + 2 * np.sin(theta)], axis=1)
+    assert synthetic.smallest_loop_radius([ring]) == pytest.approx(6, abs=0.6)
+    assert synthetic.smallest_loop_radius([ring, small]) == pytest.approx(2, abs=0.6)
+    assert synthetic.smallest_loop_radius([ring[:30]]) == np.inf  # an arc encloses nothing
+    filled = synthetic.scribble(np.pad(np.ones((6, 6), bool), 11))
+    assert synthetic.smallest_loop_radius(filled) == np.inf
+
+
+def test_the_pen_never_closes_the_smallest_loop():
+    theta = np.linspace(0, 2 * np.pi, 60)
+    strokes = [np.stack([14 + 8 * np.cos(theta), 14 + 8 * np.sin(theta)], axis=1)]
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        pen = synthetic.random_pen(strokes, rng, loop_radius=1.0)
+        assert pen.width <= max(1.5, synthetic.LOOP_PEN_FACTOR * 1.0 * pen.scale) + 1e-9
+
+
+def test_how_one_digit_is_drawn_does_not_change_the_next(digits):
+    x, _ = digits
+    first = synthetic.render_digits(x[:2], seed=9)
+    other = synthetic.render_digits(np.stack([x[5], x[1]]), seed=9)
+    assert not np.array_equal(first[0], other[0])
+    assert np.array_equal(first[1], other[1])
