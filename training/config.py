@@ -19,7 +19,7 @@ class AugmentConfig:
     thickness: bool = True
     min_thickness: float = -0.8  # -1 = fully eroded, 0 = unchanged, 1 = one 3x3 dilation, 2 = two
     max_thickness: float = 1.2
-    elastic: bool = True
+    elastic: bool = False  # off by default: see the ablation in the notebook (section 11)
     elastic_alpha_pixels: float = 1.0  # standard deviation of the coarse displacement field
     probability: float = 0.9  # share of images that get augmented at all
 

@@ -7,12 +7,6 @@ is thinned to its one-pixel skeleton (Zhang-Suen), traced into polylines (free e
 to where the ink ended), smoothed, jittered, redrawn with a random pen on a random canvas, encoded
 as PNG and passed through `predictor.preprocessing` exactly as a submitted drawing is. Everything random comes from a numpy Generator, so a seed fixes
 the output, whatever the number of worker processes.
-
-A skeleton only stands for ink that is a stroke. Two things would make the drawing show another
-digit than the scan shows, and are drawn differently: blots, ink much thicker than the digit's own
-strokes (a loop filled in, a pen pressed down), which thinning turns into a line, are scribbled
-over with the pen row by row, as a person fills a shape on a canvas; and the pen is kept narrower
-than the smallest loop, so that it never closes a loop of the digit.
 """
 
 import multiprocessing
@@ -27,9 +21,6 @@ CHUNK = 250  # digits per task; each chunk has its own seed, so results do not d
 MIN_CANVAS, MAX_CANVAS = 200, 800
 SITE_PEN_FRACTION = 1 / 14  # the drawing page's pen is 1/14 of the canvas width
 MIN_CONTRAST = 140  # stroke/background colour distance, well above the site's noise level
-BLOT_FACTOR = 1.5  # ink whose half-width exceeds this many times the digit's median half-width ...
-MIN_BLOT_RADIUS = 3.0  # ... and this many pixels is a blot, not a stroke
-LOOP_PEN_FACTOR = 1.6  # the pen may be at most this many times the radius of the smallest loop
 # The 8 neighbours in clockwise order from north (Zhang-Suen's P2..P9), as (row, column) offsets.
 NEIGHBOURS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
 
@@ -134,66 +125,11 @@ def digit_strokes(image: np.ndarray, skeleton: np.ndarray | None = None) -> list
     """Return the pen strokes (polylines in MNIST pixel coordinates) of one MNIST digit uint8 (28, 28).
 
     `skeleton` may be passed when already computed (skeletonize() is faster on a whole batch).
-    Blots come last, as horizontal scribble strokes one pixel apart.
     """
     binary = np.asarray(image) > THRESHOLD
-    skeleton = skeletonize(binary) if skeleton is None else skeleton
+    strokes = trace_strokes(skeletonize(binary) if skeleton is None else skeleton)
     radius = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, 3)
-    strokes = extend_free_ends(trace_strokes(skeleton), radius)
-    return strokes + scribble(blots(binary, radius, skeleton))
-
-
-def blots(binary: np.ndarray, radius: np.ndarray, skeleton: np.ndarray) -> np.ndarray:
-    """Return the bool mask of the ink that is much thicker than the digit's strokes.
-
-    `radius` is the distance transform of `binary`: the half-width of the ink at each pixel.
-    A blot is the ink within reach of a point whose half-width is over BLOT_FACTOR times the
-    median half-width along the skeleton (and over MIN_BLOT_RADIUS pixels), less its outer band
-    as deep as that median, since the pen that scribbles it adds an edge of its own.
-    """
-    on_skeleton = radius[skeleton & binary]
-    if not on_skeleton.size:
-        return np.zeros_like(binary)
-    median = float(np.median(on_skeleton))
-    limit = max(MIN_BLOT_RADIUS, BLOT_FACTOR * median)
-    core = radius > limit
-    if not core.any():
-        return np.zeros_like(binary)
-    reach = 2 * int(np.ceil(limit)) + 1
-    grown = cv2.dilate(core.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
-    return binary & (grown > 0) & (radius > median)
-
-
-def scribble(mask: np.ndarray) -> list[np.ndarray]:
-    """Return horizontal strokes through each run of a bool mask, one per pixel row: a filled shape."""
-    strokes = []
-    for row in np.flatnonzero(mask.any(axis=1)):
-        line = np.concatenate([[0], mask[row].astype(np.int8), [0]])
-        starts, ends = np.flatnonzero(np.diff(line) == 1), np.flatnonzero(np.diff(line) == -1) - 1
-        strokes.extend(np.array([[a, row], [b, row]], dtype=np.float64) for a, b in zip(starts, ends))
-    return strokes
-
-
-def smallest_loop_radius(strokes: list[np.ndarray], size: int = 28, zoom: int = 4) -> float:
-    """Return the radius of the largest circle inside the smallest loop the strokes enclose (inf if none).
-
-    Measured from the loop's centre to the middle of its stroke, in the strokes' pixels. The
-    strokes are drawn one pixel wide, so scribbled blots come out solid and enclose nothing.
-    """
-    canvas = np.zeros((size * zoom, size * zoom), np.uint8)
-    shift = 4
-    points = [np.round((stroke + 0.5) * zoom * (1 << shift)).astype(np.int32).reshape(-1, 1, 2) for stroke in strokes]
-    cv2.polylines(canvas, points, False, 255, zoom, cv2.LINE_8, shift)
-    empty = (canvas == 0).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(empty, connectivity=4)
-    inside = cv2.distanceTransform(empty, cv2.DIST_L2, 3)
-    edge = canvas.shape[0]
-    smallest = np.inf
-    for label in range(1, count):
-        left, top, w, h, _ = stats[label]
-        if left > 0 and top > 0 and left + w < edge and top + h < edge:
-            smallest = min(smallest, float(inside[labels == label].max()) / zoom + 0.5)
-    return smallest
+    return extend_free_ends(strokes, radius)
 
 
 def extend_free_ends(strokes: list[np.ndarray], radius: np.ndarray) -> list[np.ndarray]:
@@ -256,14 +192,8 @@ def _smooth(points: np.ndarray, passes: int = 2) -> np.ndarray:
     return points
 
 
-def random_pen(
-    strokes: list[np.ndarray], rng: np.random.Generator, *, transparent: bool | None = None, loop_radius: float = np.inf
-) -> Pen:
-    """Return a random canvas, digit size and position, pen width and colours for these strokes.
-
-    `loop_radius` (in the strokes' pixels, see smallest_loop_radius) caps the pen so that it
-    leaves every loop of the digit open.
-    """
+def random_pen(strokes: list[np.ndarray], rng: np.random.Generator, *, transparent: bool | None = None) -> Pen:
+    """Return a random canvas, digit size and position, pen width and colours for these strokes."""
     width = int(rng.integers(MIN_CANVAS, MAX_CANVAS + 1))
     height = width if rng.random() < 0.5 else int(rng.integers(MIN_CANVAS, MAX_CANVAS + 1))
     points = np.concatenate(strokes)
@@ -276,7 +206,7 @@ def random_pen(
     else:
         pen = digit * np.exp(rng.uniform(np.log(0.05), np.log(0.3)))
     # Very thick pens on small digits fill every hole: keep the pen at most ~1/3 of the digit.
-    pen = float(np.clip(pen, 1.5, min(0.35 * digit, LOOP_PEN_FACTOR * loop_radius * scale)))
+    pen = float(np.clip(pen, 1.5, 0.35 * digit))
     size = (high - low) * scale
     margin = pen / 2 + 1
     room = np.maximum(np.array([width, height]) - size - 2 * margin, 0)
@@ -362,7 +292,7 @@ def render_png(
     the random choices, and so the preprocessed result, are the same either way.
     """
     strokes = jitter_strokes(strokes, rng)
-    pen = random_pen(strokes, rng, transparent=transparent, loop_radius=smallest_loop_radius(strokes))
+    pen = random_pen(strokes, rng, transparent=transparent)
     if crop:
         pen = crop_to_drawing(strokes, pen)
     return encode(draw(strokes, pen), opaque_as_rgb=rng.random() < 0.5)
@@ -413,11 +343,7 @@ def _render_chunk(task: tuple[np.ndarray, np.random.SeedSequence, bool]) -> np.n
     """Return canvas-style renders of one chunk of digits with the chunk's own generator."""
     images, seed, crop = task
     cv2.setNumThreads(1)
-    # One generator per digit: how one digit is drawn never shifts the random draws of the next.
-    rngs = [np.random.default_rng(child) for child in seed.spawn(len(images))]
+    rng = np.random.default_rng(seed)
     skeletons = skeletonize(images > THRESHOLD)  # one batched thinning for the whole chunk
-    rendered = [
-        render_digit(image, rng, strokes=digit_strokes(image, sk), crop=crop)
-        for image, sk, rng in zip(images, skeletons, rngs)
-    ]
+    rendered = [render_digit(image, rng, strokes=digit_strokes(image, sk), crop=crop) for image, sk in zip(images, skeletons)]
     return np.stack(rendered) if rendered else np.zeros((0, 28, 28), np.uint8)

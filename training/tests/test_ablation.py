@@ -9,7 +9,7 @@ from training.train import prepare_data
 
 TINY = TrainConfig(
     epochs=1, batch_size=64, train_limit=256, synthetic_size=64, canvas_val_size=64, validation_size=128,
-    widths=(8, 8, 8, 8, 8), workers=1,
+    widths=(8, 8, 8, 8, 8), workers=1, augment=AugmentConfig(elastic=True),  # every part on
 )
 
 
