@@ -42,7 +42,7 @@ SETTLE_IMAGES = 2048  # training images whose statistics replace BatchNorm's run
 class AblationRow:
     """The result of one ablation run."""
 
-    change: str  # "nothing" for the run as configured, else "without <part>" or "with <part>"
+    change: str  # "as configured" for the reference run, else "without <part>" or "with <part>"
     canvas_val_accuracy: float
     mnist_val_accuracy: float
     train_images: int
@@ -97,7 +97,7 @@ def ablate(
     trains without the canvas-style training drawings.
     """
     augment = config.augment or AugmentConfig()
-    runs: list[tuple[str, TrainConfig, Data]] = [("nothing", replace(config, augment=augment), data)]
+    runs: list[tuple[str, TrainConfig, Data]] = [("as configured", replace(config, augment=augment), data)]
     for name, off in switches.items():
         label, changed = toggle(augment, name, off)
         runs.append((label, replace(config, augment=changed), data))

@@ -35,7 +35,7 @@ def test_each_run_switches_off_only_its_part(monkeypatch):
     data = prepare_data(TINY, log=lambda _: None)
     rows = ablation.ablate(TINY, data, log=lambda _: None)
 
-    assert [row.change for row in rows] == ["nothing", *(f"without {name}" for name in ablation.SWITCHES), f"without {ablation.SYNTHETIC}"]
+    assert [row.change for row in rows] == ["as configured", *(f"without {name}" for name in ablation.SWITCHES), f"without {ablation.SYNTHETIC}"]
     everything, rotation, scale, thickness, elastic, synthetic = seen.values()
     assert everything == (TINY.augment, 64, 320)
     assert not rotation[0].rotation and not rotation[0].shear and rotation[0].scale and rotation[0].elastic
@@ -57,7 +57,7 @@ def test_a_tiny_ablation_trains_and_scores_each_run():
     config = replace(TINY, synthetic_size=0)
     data = prepare_data(config, log=lambda _: None)
     rows = ablation.ablate(config, data, {"elastic distortion": {"elastic": False}}, log=lambda _: None)
-    assert [row.change for row in rows] == ["nothing", "without elastic distortion"]
+    assert [row.change for row in rows] == ["as configured", "without elastic distortion"]
     assert [row.train_images for row in rows] == [256, 256]
     assert all(0 <= row.canvas_val_accuracy <= 1 and 0 <= row.mnist_val_accuracy <= 1 for row in rows)
 
