@@ -4,7 +4,7 @@ A part the configuration uses is switched off ("without ..."); a part it leaves 
 ("with ..."), so the table answers the same question whichever way the shipped configuration went.
 
 Every run uses train() with the same seed, so the initial weights, the batch order and the random draws
-of the augmentations left on are identical; only the switched-off part differs. Each run is judged on
+of the other augmentations are identical; only the switched part differs. Each run is judged on
 the canvas-style validation drawings and on the held-out MNIST training digits, never on MNIST test.
 
 An ablation affordable on a CPU takes a few hundred optimizer steps per run. BatchNormalization's
@@ -102,7 +102,8 @@ def ablate(
         label, changed = toggle(augment, name, off)
         runs.append((label, replace(config, augment=changed), data))
     if config.synthetic_size:
-        runs.append((f"without {SYNTHETIC}", replace(config, augment=augment, synthetic_size=0), without_synthetic(config, data)))
+        without = replace(config, augment=augment, synthetic_size=0)
+        runs.append((f"without {SYNTHETIC}", without, without_synthetic(config, data)))
 
     rows = []
     for name, run_config, run_data in runs:

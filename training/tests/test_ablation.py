@@ -35,7 +35,8 @@ def test_each_run_switches_off_only_its_part(monkeypatch):
     data = prepare_data(TINY, log=lambda _: None)
     rows = ablation.ablate(TINY, data, log=lambda _: None)
 
-    assert [row.change for row in rows] == ["as configured", *(f"without {name}" for name in ablation.SWITCHES), f"without {ablation.SYNTHETIC}"]
+    switched = [f"without {name}" for name in ablation.SWITCHES]
+    assert [row.change for row in rows] == ["as configured", *switched, f"without {ablation.SYNTHETIC}"]
     everything, rotation, scale, thickness, elastic, synthetic = seen.values()
     assert everything == (TINY.augment, 64, 320)
     assert not rotation[0].rotation and not rotation[0].shear and rotation[0].scale and rotation[0].elastic
