@@ -245,8 +245,10 @@ def test_nasty_images_are_answered_without_server_error_and_memory_stays_bounded
                     assert_refused(response)
                 Drawing.objects.all().delete()
         rss.append(current_rss_mb())
-    # The first round warms caches and allocators; later rounds must not keep growing (no leak).
-    assert rss[2] - rss[1] < 20, rss
+    # The first round warms caches and allocators; later rounds must stay near where it ended (no
+    # leak). Resident memory of a process this size moves by tens of MB either way between rounds as
+    # the allocator returns and reuses pages, so the bound is against the warm level, not the round before.
+    assert max(rss[1:]) - rss[0] < 20, rss
 
 
 @pytest.mark.django_db
