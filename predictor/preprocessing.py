@@ -130,9 +130,10 @@ def image_format(data: bytes) -> str:
     raise InvalidImage("The file is not a PNG, JPEG or WebP image.")
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """Return (width, height) of a PNG, JPEG or WebP as its header declares it; InvalidImage if unreadable."""
-    return _declared_size(data, image_format(data))
+def image_header(data: bytes) -> tuple[str, int, int]:
+    """Return (format, width, height) of a PNG, JPEG or WebP as its header declares it; InvalidImage if unreadable."""
+    kind = image_format(data)
+    return (kind, *_declared_size(data, kind))
 
 
 def preprocess(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -165,8 +166,7 @@ def _run(data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 def _decode(data: bytes, max_pixels: int) -> np.ndarray:
     """Return the pixels as uint8 grey (H, W), RGB or RGBA (H, W, 3|4), after checking the declared size."""
-    kind = image_format(data)
-    width, height = _declared_size(data, kind)
+    kind, width, height = image_header(data)
     if width == 0 or height == 0:
         raise InvalidImage(f"The image has no pixels (declared size {width}x{height}).")
     if width * height > max_pixels:

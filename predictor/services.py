@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from predictor.inference import Classifier, ModelLoadError
 from predictor.models import Drawing, ModelVersion
-from predictor.preprocessing import image_format, image_size, preprocess
+from predictor.preprocessing import image_header, preprocess
 
 VISITOR_SESSION_KEY = "visitor"
 
@@ -94,9 +94,9 @@ def forget_loaded_models() -> None:
 def drawing_create(*, data: bytes, visitor: str) -> Drawing:
     """Return a new stored Drawing with the active model's prediction for the image bytes `data`."""
     started = time.perf_counter()
-    extension = image_format(data)
+    # The header gives the file's extension and the size stored with the row; preprocess checks it again.
+    extension, width, height = image_header(data)
     pixels = preprocess(data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS)
-    width, height = image_size(data)
     version, classifier = active_classifier()
     prediction = classifier.predict(pixels)
     drawing = Drawing(

@@ -3,7 +3,7 @@
 The canvas-style validation set is made by the same generator as the canvas-style training drawings,
 so a model could learn that generator's habits and look better on it than on drawings made any other
 way. These drawings come from type instead: each digit 0-9 in every font matplotlib ships (so the
-set is the same on every machine with the same matplotlib), at a random size, stroke weight, slant,
+set is the same wherever the same matplotlib and Pillow are installed), at a random size, weight, tilt,
 position, colour and canvas, on a transparent or opaque background, encoded as PNG and passed
 through the site's preprocessing. Printed digits are not handwriting (a typeset 1 has a flag and a
 foot, a 4 is closed, a 7 has no bar), so this complements the canvas-style figure; it does not
@@ -57,7 +57,7 @@ def typeset_png(digit: int, font_path: Path, rng: np.random.Generator) -> bytes:
     return out.getvalue()
 
 
-def typeset_digits(*, per_font: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def typeset_digits(*, per_font: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Return (x uint8 (N, 28, 28) model inputs, y uint8 labels): every digit `per_font` times in every font."""
     from predictor.preprocessing import preprocess
 

@@ -21,6 +21,7 @@ from predictor.preprocessing import (
     decode_payload,
     encode_png,
     image_format,
+    image_header,
     preprocess,
     preprocess_steps,
 )
@@ -288,6 +289,12 @@ def test_animated_image_uses_its_first_frame(fmt):
 )
 def test_image_format_reads_the_signature(fmt, data):
     assert image_format(data) == fmt
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_image_header_gives_format_and_declared_size(fmt):
+    data = encode(draw("1", (500, 320)).convert("RGB"), fmt)
+    assert image_header(data) == (fmt.lower(), 500, 320)
 
 
 @pytest.mark.parametrize(
