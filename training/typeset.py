@@ -2,7 +2,7 @@
 
 The canvas-style validation set is made by the same generator as the canvas-style training drawings,
 so a model could learn that generator's habits and look better on it than on drawings made any other
-way. These drawings come from type instead: each digit 0-9 in every font matplotlib ships (so the
+way. These drawings come from type instead: each digit 0-9 in 21 of the fonts matplotlib ships (so the
 set is the same wherever the same matplotlib and Pillow are installed), at a random size, weight, tilt,
 position, colour and canvas, on a transparent or opaque background, encoded as PNG and passed
 through the site's preprocessing. Printed digits are not handwriting (a typeset 1 has a flag and a
