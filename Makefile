@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export DEBUG ?= true
 
-.PHONY: install install-dev setup run serve bench test browser train clean
+.PHONY: install install-dev setup run serve bench test axe browser train clean
 
 $(BIN)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,8 +58,14 @@ bench: install-dev
 	$(BIN)/python bench/bench_http.py --database postgres
 	$(BIN)/python bench/bench_memory.py
 
-test: install-dev
+test: install-dev axe
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# axe-core (npm) for the accessibility checks of the browser tests; they skip without it outside CI.
+AXE := node_modules/axe-core/axe.min.js
+axe: $(AXE)
+$(AXE):
+	command -v npm >/dev/null && npm install --no-save --no-package-lock --no-audit --no-fund --silent axe-core@4.14.1 || true
 
 # Debian's Chromium for the browser tests (needs root); the tests skip without it outside CI.
 browser:
@@ -69,4 +75,4 @@ train: install
 	$(BIN)/python manage.py train $(TRAIN_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache node_modules
