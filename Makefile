@@ -8,24 +8,37 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export DEBUG ?= true
 
-.PHONY: install install-dev setup run serve bench test axe browser train clean
+.PHONY: install install-serving install-dev lint setup run serve bench test axe browser train clean
 
-$(BIN)/.runtime: requirements.txt
+# Three installs in one .venv: the serving set (requirements.txt: what a web host needs, no
+# TensorFlow), the training set on top of it (requirements-train.txt), and the test and lint tools.
+$(BIN)/.serving: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
+$(BIN)/.training: $(BIN)/.serving requirements-train.txt
+	$(BIN)/pip install --quiet -r requirements-train.txt
+	touch $@
+
+$(BIN)/.dev: $(BIN)/.training requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-install: $(BIN)/.runtime
+install: $(BIN)/.training
+
+install-serving: $(BIN)/.serving
 
 install-dev: $(BIN)/.dev
 
+# The development settings, written once so that `python manage.py ...` works in any terminal
+# after `make run`; an existing .env is never overwritten. Production sets its own environment.
+.env:
+	printf '%s\n' '# Development settings written by `make run` (delete or edit freely; make serve turns DEBUG off).' 'DEBUG=true' > $@
+
 # Database tables, the shared cache table and the shipped model registered as version 1.
-setup: install
+setup: install .env
 	mkdir -p var
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py createcachetable
@@ -39,7 +52,7 @@ run: setup
 # DIGIT_HTTPS=true behind TLS. SECRET_KEY comes from the environment or var/secret_key (made once).
 serve: export DEBUG = false
 serve: export DIGIT_HTTPS ?= false
-serve: install var/secret_key
+serve: install-serving var/secret_key
 	export SECRET_KEY="$${SECRET_KEY:-$$(cat var/secret_key)}" && \
 	$(BIN)/python manage.py migrate --noinput && \
 	$(BIN)/python manage.py createcachetable && \
@@ -57,6 +70,12 @@ bench: install-dev
 	$(BIN)/python bench/bench_http.py --database sqlite
 	$(BIN)/python bench/bench_http.py --database postgres
 	$(BIN)/python bench/bench_memory.py
+
+# Lint and type checks (pyproject.toml): ruff for style and formatting, mypy with django-stubs.
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: install-dev axe
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
