@@ -4,7 +4,7 @@ import uuid
 
 import numpy as np
 from django.conf import settings
-from django.core.files.storage import FileSystemStorage
+from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.core.validators import MaxValueValidator
 from django.db import models
 from django.utils import timezone
@@ -27,6 +27,11 @@ class ModelStorage(FileSystemStorage):
         return os.path.abspath(self.base_location)
 
 
+def model_storage() -> Storage:
+    """Return the storage of model artefacts: STORAGES["models"] (local folder, or the bucket)."""
+    return storages["models"]
+
+
 def drawing_upload_to(drawing: "Drawing", filename: str) -> str:
     """Return a server-chosen path for a drawing; only the extension of `filename` is kept."""
     extension = filename.rsplit(".", 1)[-1].lower()
@@ -37,8 +42,12 @@ class ModelVersion(models.Model):
     version = models.PositiveIntegerField(
         _("version"), unique=True, help_text=_("The number the API reports as model_version.")
     )
-    tflite = models.FileField(_("TFLite model"), storage=ModelStorage(), max_length=255)
-    keras = models.FileField(_("Keras model"), storage=ModelStorage(), max_length=255)
+    tflite = models.FileField(_("TFLite model"), storage=model_storage, max_length=255)
+    keras = models.FileField(_("Keras model"), storage=model_storage, max_length=255)
+    tflite_sha256 = models.CharField(
+        _("TFLite SHA-256"), max_length=64, blank=True, help_text=_("Checked by every worker before it serves the file.")
+    )
+    keras_sha256 = models.CharField(_("Keras SHA-256"), max_length=64, blank=True)
     metrics = models.JSONField(_("metrics"), default=dict, blank=True)
     parent = models.ForeignKey(
         "self",
@@ -154,3 +163,93 @@ class Drawing(models.Model):
     @property
     def is_mistake(self) -> bool:
         return self.true_label is not None and self.true_label != self.predicted_label
+
+
+class ModelActivation(models.Model):
+    """One switch of the served model version: which, by whom, from where, and why."""
+
+    model_version = models.ForeignKey(
+        ModelVersion, verbose_name=_("model version"), on_delete=models.PROTECT, related_name="activations"
+    )
+    previous = models.ForeignKey(
+        ModelVersion,
+        verbose_name=_("previously active"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    activated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("activated by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    source = models.CharField(_("source"), max_length=20, help_text=_("admin, command, retrain or register."))
+    note = models.TextField(_("note"), blank=True, help_text=_("For example that the version failed its gate."))
+    created_at = models.DateTimeField(_("activated"), default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = _("model activation")
+        verbose_name_plural = _("model activations")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"v{self.model_version.version} activated {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class RetrainRun(models.Model):
+    """One retraining job: asked for from the admin or the command line, executed by a worker."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        RUNNING = "running", _("running")
+        PASSED = "passed", _("passed the gate")
+        FAILED_GATE = "failed_gate", _("failed the gate")
+        FAILED = "failed", _("failed")
+
+    status = models.CharField(_("status"), max_length=12, choices=Status.choices, default=Status.QUEUED)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("requested by"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    source = models.CharField(_("source"), max_length=20, help_text=_("admin, command or schedule."))
+    options = models.JSONField(_("options"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("queued"), default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        _("last sign of life"), null=True, blank=True, help_text=_("A running run whose worker stopped goes stale.")
+    )
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    host = models.CharField(_("host"), max_length=255, blank=True, help_text=_("The machine that executed it."))
+    progress = models.CharField(_("progress"), max_length=255, blank=True)
+    log = models.TextField(_("log"), blank=True)
+    model_version = models.ForeignKey(
+        ModelVersion,
+        verbose_name=_("resulting version"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="retrain_runs",
+    )
+
+    class Meta:
+        verbose_name = _("retrain run")
+        verbose_name_plural = _("retrain runs")
+        ordering = ["-created_at", "-id"]
+        permissions = [("start_retrainrun", _("Can start a retrain run"))]
+        constraints = [
+            # The database itself refuses a second running run, on every host.
+            models.UniqueConstraint(
+                fields=["status"], condition=models.Q(status="running"), name="one_running_retrain"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"retrain #{self.pk} ({self.get_status_display()})"
