@@ -104,8 +104,8 @@ CACHES = {"default": env.cache("CACHE_URL", default="dbcache://digit_cache")}
 # The database, in-memory and file caches cull once they hold MAX_ENTRIES (Django's default: 300), and a
 # culled throttle history gives its client a fresh allowance. A cull first drops expired entries, and a
 # history expires one throttle period after its client's last request, so live histories are culled only
-# when more requests than MAX_ENTRIES were counted within one period: 50,000 is over five times what one
-# machine answers in a minute (docs/performance.md). Past that, a cull drops a tenth (CULL_FREQUENCY),
+# when more requests than MAX_ENTRIES were counted within one period: 50,000 is about four times what the
+# benchmark machine answered in a minute (docs/performance.md). Past that, a cull drops a tenth (CULL_FREQUENCY),
 # not Django's third. The database cache counts its rows on every write, so the size is no larger than
 # it needs to be. A rate per hour or day keeps histories that long: size MAX_ENTRIES for that period.
 # CACHE_URL can set both (dbcache://digit_cache?max_entries=...&cull_frequency=...); Redis evicts only
