@@ -50,9 +50,11 @@ class ClientRateThrottle(throttling.ScopedRateThrottle):
     """DRF's scoped throttle, counting per client_address(), and every refusal says when to come back."""
 
     def get_ident(self, request) -> str:
+        """Return the key a client's requests are counted under: its client_address()."""
         return client_address(request)
 
     def wait(self) -> float:
+        """Return the seconds until the client may send another request, at least one."""
         # DRF gives no wait once a client's history holds more than the limit, which happens when
         # workers record requests concurrently; the limit's oldest counted request still expires.
         return max(1.0, self.history[self.num_requests - 1] + self.duration - self.now)
