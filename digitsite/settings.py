@@ -5,6 +5,7 @@ One file, shaped like the startproject template; everything that differs between
 deployments comes from the environment (or an optional .env file beside manage.py).
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -39,6 +40,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "predictor",
     "training",
 ]
@@ -54,6 +56,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a refused admin login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "digitsite.urls"
@@ -97,7 +101,28 @@ DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 
 # A cache shared by all workers, so throttling and the active-model check agree.
 CACHES = {"default": env.cache("CACHE_URL", default="dbcache://digit_cache")}
+# The database, in-memory and file caches cull once they hold MAX_ENTRIES (Django's default: 300), and a
+# culled throttle history gives its client a fresh allowance. A cull first drops expired entries, and a
+# history expires one throttle period after its client's last request, so live histories are culled only
+# when more requests than MAX_ENTRIES were counted within one period: 50,000 is about four times what the
+# benchmark machine answered in a minute (docs/performance.md). Past that, a cull drops a tenth (CULL_FREQUENCY),
+# not Django's third. The database cache counts its rows on every write, so the size is no larger than
+# it needs to be. A rate per hour or day keeps histories that long: size MAX_ENTRIES for that period.
+# CACHE_URL can set both (dbcache://digit_cache?max_entries=...&cull_frequency=...); Redis evicts only
+# as its own maxmemory-policy says (its default, noeviction, never does). See docs/abuse.md.
+if CACHES["default"]["BACKEND"].rsplit(".", 2)[-2] in {"db", "locmem", "filebased"}:
+    CACHES["default"]["OPTIONS"] = {
+        "MAX_ENTRIES": 50_000,
+        "CULL_FREQUENCY": 10,
+        **CACHES["default"].get("OPTIONS", {}),
+    }
 
+
+# django-axes first: it refuses a locked-out client before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -177,12 +202,13 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "predictor.api.exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["predictor.throttling.ClientRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "predictions": env("DIGIT_THROTTLE_PREDICTIONS", default="120/min") or None,
         "feedback": env("DIGIT_THROTTLE_FEEDBACK", default="60/min") or None,
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # predictor.throttling reads DIGIT_PROXIES itself; kept equal for any DRF throttle used directly.
     "NUM_PROXIES": _proxies,
 }
 
@@ -213,6 +239,30 @@ DIGIT_MODEL_CHECK_SECONDS = env.float("DIGIT_MODEL_CHECK_SECONDS", default=1.0)
 DIGIT_RETRAIN_MIN_EXAMPLES = env.int("DIGIT_RETRAIN_MIN_EXAMPLES", default=20)
 # A retrained model is served only if its MNIST test accuracy drops by at most this much (0.002 = 0.2 points).
 DIGIT_RETRAIN_MNIST_MARGIN = env.float("DIGIT_RETRAIN_MNIST_MARGIN", default=0.002)
+
+# Reverse proxies trusted to append the client's address to X-Forwarded-For (see predictor.throttling).
+DIGIT_PROXIES = _proxies
+# `manage.py purge_drawings` deletes unreviewed drawings older than this many days (see docs/abuse.md).
+DIGIT_RETENTION_DAYS = env.int("DIGIT_RETENTION_DAYS", default=90)
+
+# Failed admin logins (django-axes): after AXES_FAILURE_LIMIT failures from one client (an IPv4 address,
+# an IPv6 /64, found by the same rule as the API's throttle, so DIGIT_PROXIES applies), every login
+# from it is refused, even with the right password, until AXES_COOLOFF_TIME has passed since its last
+# attempt (one made while locked out starts the wait again). Counted per client only, not per username,
+# so that a stranger cannot lock a reviewer out. Attempts are rows in the database (listed in the admin
+# under "Axes", cleared by `manage.py axes_reset`); lockouts are logged as warnings.
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_CLIENT_IP_CALLABLE = "predictor.throttling.client_address"
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_RESET_ON_SUCCESS = True  # a typo now and then never adds up to a lockout
+AXES_VERBOSE = False  # no banner at every process start
+AXES_COOLOFF_MESSAGE = (
+    f"Too many failed logins from your network. Logging in from it is refused until "
+    f"{AXES_COOLOFF_TIME.total_seconds() / 60:.0f} minutes have passed without an attempt, even with the "
+    f"right password; please wait, then try again."
+)
 
 # Django refuses bodies above this before reading them; the API answers 413 (see predictor.middleware).
 DATA_UPLOAD_MAX_MEMORY_SIZE = DIGIT_MAX_UPLOAD_BYTES
