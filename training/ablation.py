@@ -16,8 +16,8 @@ large batch of its own augmented training images before it is scored ("precise B
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import keras
 import numpy as np

@@ -13,10 +13,10 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from predictor.preprocessing import IMAGE_SIZE
 from training.config import AugmentConfig
 
-SIZE = 28
-CENTRE = (SIZE - 1) / 2
+CENTRE = (IMAGE_SIZE - 1) / 2
 COARSE_GRID = 4  # the elastic field is random on a 4x4 grid and interpolated, so it bends strokes smoothly
 
 
@@ -45,7 +45,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> 
     b = (-sin + shear * cos) / zoom
     c = sin / zoom
     d = cos / zoom
-    grid_y, grid_x = tf.meshgrid(tf.range(SIZE, dtype=tf.float32) - CENTRE, tf.range(SIZE, dtype=tf.float32) - CENTRE, indexing="ij")
+    grid_y, grid_x = tf.meshgrid(tf.range(IMAGE_SIZE, dtype=tf.float32) - CENTRE, tf.range(IMAGE_SIZE, dtype=tf.float32) - CENTRE, indexing="ij")
 
     def per_image(v: tf.Tensor) -> tf.Tensor:
         return v[:, None, None]
@@ -54,7 +54,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> 
     src_y = per_image(c) * grid_x + per_image(d) * grid_y + CENTRE - per_image(dy)
     if config.elastic:
         field = tf.random.stateless_normal([batch, COARSE_GRID, COARSE_GRID, 2], seeds[6]) * config.elastic_alpha_pixels
-        field = tf.image.resize(field, [SIZE, SIZE], method="bicubic")
+        field = tf.image.resize(field, [IMAGE_SIZE, IMAGE_SIZE], method="bicubic")
         src_x += field[..., 0]
         src_y += field[..., 1]
     out = bilinear_sample(out, src_y, src_x)
@@ -86,13 +86,13 @@ def bilinear_sample(images: tf.Tensor, y: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     # One pixel of zero padding makes every out-of-range read land on background.
     padded = tf.pad(images[..., 0], [[0, 0], [1, 1], [1, 1]])
     flat = tf.reshape(padded, [-1])
-    width = SIZE + 2
-    y = tf.clip_by_value(y + 1, 0, SIZE + 1 - 1e-3)
-    x = tf.clip_by_value(x + 1, 0, SIZE + 1 - 1e-3)
+    width = IMAGE_SIZE + 2
+    y = tf.clip_by_value(y + 1, 0, IMAGE_SIZE + 1 - 1e-3)
+    x = tf.clip_by_value(x + 1, 0, IMAGE_SIZE + 1 - 1e-3)
     y0, x0 = tf.floor(y), tf.floor(x)
     wy, wx = y - y0, x - x0
     y0, x0 = tf.cast(y0, tf.int32), tf.cast(x0, tf.int32)
-    y1, x1 = tf.minimum(y0 + 1, SIZE + 1), tf.minimum(x0 + 1, SIZE + 1)
+    y1, x1 = tf.minimum(y0 + 1, IMAGE_SIZE + 1), tf.minimum(x0 + 1, IMAGE_SIZE + 1)
     base = tf.range(batch)[:, None, None] * width * width
 
     def read(yy: tf.Tensor, xx: tf.Tensor) -> tf.Tensor:

@@ -4,23 +4,18 @@ from pathlib import Path
 
 import numpy as np
 
+from predictor.preprocessing import preprocess
+
 DATA_PATH = Path(__file__).resolve().parent / "data" / "mnist.npz"
 
 Split = tuple[np.ndarray, np.ndarray]
 
 
-def load_mnist(path: str | Path | None = None) -> tuple[Split, Split]:
+def load_mnist(path: str | Path = DATA_PATH) -> tuple[Split, Split]:
     """Return ((x_train, y_train), (x_test, y_test)): uint8 images (N, 28, 28), ink 255, and uint8 labels."""
-    path = Path(path) if path is not None else DATA_PATH
-    if path.exists():
-        with np.load(path) as data:
-            return (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"])
-    if path != DATA_PATH:
-        raise FileNotFoundError(f"MNIST file {path} does not exist.")
-    # The project ships the file; downloading is only a fallback for a checkout without it.
-    import keras
-
-    return keras.datasets.mnist.load_data()
+    # The project ships its copy of MNIST, so nothing is ever downloaded.
+    with np.load(path) as data:
+        return (data["x_train"], data["y_train"]), (data["x_test"], data["y_test"])
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, size: int) -> tuple[Split, Split]:
@@ -34,6 +29,4 @@ def split_validation(x: np.ndarray, y: np.ndarray, size: int) -> tuple[Split, Sp
 def drawing_pixels(png: bytes) -> np.ndarray:
     """Return the uint8 (28, 28) model input for stored drawing bytes, exactly as the site serves it."""
     # The one preprocessing function is shared with serving, so training and serving cannot drift.
-    from predictor.preprocessing import preprocess
-
     return preprocess(png).astype(np.uint8)

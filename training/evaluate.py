@@ -8,13 +8,15 @@ from typing import Any
 
 import numpy as np
 
-NUM_CLASSES = 10
+from predictor.inference import NUM_CLASSES
+from predictor.preprocessing import IMAGE_SIZE
+
 EPSILON = 1e-7
 
 
 def predict_probabilities(model: Any, x: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
     """Return float32 (N, 10) probabilities of a Keras model or a Classifier for pixels (N, 28, 28) 0..255."""
-    x = np.asarray(x, dtype=np.float32).reshape(-1, 28, 28)
+    x = np.asarray(x, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     if hasattr(model, "predict_batch"):
         return np.asarray(model.predict_batch(x), dtype=np.float32)
     # Calling the model on batches avoids predict()'s progress bar and tf.data set-up.

@@ -16,6 +16,9 @@ from typing import Any
 import keras
 import numpy as np
 
+from predictor.inference import NUM_CLASSES
+from predictor.preprocessing import IMAGE_SIZE
+from training.config import FinetuneConfig, TrainConfig
 from training.evaluate import predict_probabilities
 
 KERAS_FILE = "model.keras"
@@ -52,8 +55,8 @@ def tflite_probabilities(tflite: bytes | str | os.PathLike, x: np.ndarray) -> np
     interpreter.allocate_tensors()
     input_index = interpreter.get_input_details()[0]["index"]
     output_index = interpreter.get_output_details()[0]["index"]
-    x = np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28, 1)
-    out = np.empty((len(x), 10), dtype=np.float32)
+    x = np.asarray(x, dtype=np.float32).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE, 1)
+    out = np.empty((len(x), NUM_CLASSES), dtype=np.float32)
     # Batch 1, exactly as the site serves a drawing.
     for i, image in enumerate(x):
         interpreter.set_tensor(input_index, image)
@@ -77,25 +80,22 @@ def save(
     model: keras.Model,
     *,
     metrics: dict[str, Any],
-    config: Any,
+    config: TrainConfig | FinetuneConfig,
     out_dir: str | os.PathLike,
-    parity_images: np.ndarray | None = None,
+    parity_images: np.ndarray,
     tolerance: float = PARITY_TOLERANCE,
 ) -> dict[str, Any]:
     """Write the artefacts of `model` into `out_dir` atomically and return the metrics written.
 
     Adds "params", "tflite_bytes", "tflite_max_abs_diff", "seed" and "config" to `metrics`.
-    `parity_images` (N, 28, 28) default to the first 1,000 MNIST test images. Replaces an existing
-    `out_dir` (callers decide whether that is allowed). Raises ParityError before touching `out_dir`.
+    `parity_images` (N, 28, 28) are where the .tflite must agree with Keras (PARITY_SIZE MNIST test
+    images in practice). Replaces an existing `out_dir` (callers decide whether that is allowed).
+    Raises ParityError before touching `out_dir`.
     """
     out_dir = Path(out_dir)
-    if parity_images is None:
-        from training.data import load_mnist
-
-        parity_images = load_mnist()[1][0][:PARITY_SIZE]
     tflite = to_tflite(model)
     diff = check_parity(model, tflite, parity_images, tolerance)
-    config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    config_dict = config.to_dict()
     metrics = {
         **metrics,
         "params": int(model.count_params()),
@@ -156,7 +156,7 @@ def plot_confusion(confusion: list[list[int]] | np.ndarray, path: str | os.PathL
     for (i, j), count in np.ndenumerate(matrix):
         if count:
             ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted label", ylabel="true label")
+    ax.set(xticks=range(NUM_CLASSES), yticks=range(NUM_CLASSES), xlabel="predicted label", ylabel="true label")
     ax.set_title("MNIST test confusion")
     fig.tight_layout()
     fig.savefig(path)

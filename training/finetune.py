@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from predictor.preprocessing import IMAGE_SIZE
 from training.augment import make_dataset
 from training.config import FinetuneConfig
 from training.train import compile_model
@@ -34,10 +35,10 @@ def finetune(
     into the model stays as it was.
     """
     keras.utils.set_random_seed(config.seed)
-    x = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)
+    x = np.asarray(x, dtype=np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     y = np.asarray(y).astype(np.int64)
     if replay is not None:
-        x = np.concatenate([x, np.asarray(replay[0], dtype=np.uint8).reshape(-1, 28, 28)])
+        x = np.concatenate([x, np.asarray(replay[0], dtype=np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)])
         y = np.concatenate([y, np.asarray(replay[1]).astype(np.int64)])
     if len(x) == 0:
         raise ValueError("finetune() needs at least one example.")

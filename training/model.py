@@ -3,8 +3,9 @@
 import keras
 from keras import layers
 
-IMAGE_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
+from predictor.inference import NUM_CLASSES
+from predictor.preprocessing import IMAGE_SIZE
+
 DEFAULT_WIDTHS = (32, 32, 64, 64, 128)
 
 
@@ -13,7 +14,6 @@ def build_model(
     widths: tuple[int, ...] = DEFAULT_WIDTHS,
     dropout: float = 0.25,
     temperature: float = 1.0,
-    weight_decay: float = 0.0,
 ) -> keras.Sequential:
     """Return an uncompiled CNN taking (28, 28, 1) pixels 0..255 and giving 10 softmax probabilities.
 
@@ -25,19 +25,18 @@ def build_model(
     """
     if len(widths) != 5:
         raise ValueError("widths must give five convolution widths.")
-    regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
 
     def conv(filters: int, padding: str = "valid") -> list[layers.Layer]:
         # No bias: BatchNorm supplies the shift, and the converter folds it into the convolution.
         return [
-            layers.Conv2D(filters, 3, padding=padding, use_bias=False, kernel_regularizer=regularizer),
+            layers.Conv2D(filters, 3, padding=padding, use_bias=False),
             layers.BatchNormalization(),
             layers.ReLU(),
         ]
 
     return keras.Sequential(
         [
-            keras.Input(IMAGE_SHAPE),
+            keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1)),
             layers.Rescaling(1 / 255, name="rescale"),
             *conv(widths[0]),
             *conv(widths[1]),
@@ -48,7 +47,7 @@ def build_model(
             *conv(widths[4], padding="same"),
             layers.GlobalAveragePooling2D(),
             layers.Dropout(dropout),
-            layers.Dense(NUM_CLASSES, kernel_regularizer=regularizer, name="logits"),
+            layers.Dense(NUM_CLASSES, name="logits"),
             # Rescaling is a plain built-in layer, so the saved model needs no custom objects.
             layers.Rescaling(1 / temperature, name="temperature"),
             layers.Softmax(name="probabilities"),

@@ -1,23 +1,85 @@
-"""The plain parts of `manage.py retrain`: the held-out split, the MNIST replay sample, the promotion gate,
-the report and the one-run-at-a-time lock. No Django and no TensorFlow, so a dry run loads neither model nor framework.
+"""The plain parts of `manage.py retrain`: the dataset split by drawing id, the MNIST replay sample, the scores,
+the promotion gate, the report and the one-run-at-a-time lock. No Django and no TensorFlow, so a dry run loads
+neither model nor framework.
 """
 
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
+from predictor.inference import NUM_CLASSES, Classifier
+from predictor.preprocessing import IMAGE_SIZE
+from training.evaluate import evaluate
+
 HOLDOUT_BUCKETS = 5  # one reviewed drawing in five is held out to judge the retrained model
 FEW_HELDOUT = 30  # below this many held-out drawings, one drawing moves accuracy by more than 3 points
+# No digit may lose more than this share of its MNIST test accuracy (about 10 of its ~1,000 test images):
+# a model can gain on the reviews and keep its overall MNIST accuracy while forgetting one digit.
+CLASS_MARGIN = 0.01
+# Above this total variation distance, the labels of the new reviews look unlike the parent's: at least
+# this share of them would have to change digit to match. Reviews of one site drift slowly; a sudden
+# jump is worth a look (a reviewer relabelling a whole digit, or deliberately skewed labels).
+LABEL_SHIFT_LIMIT = 0.3
 
 
 class AlreadyRunning(RuntimeError):
     """Another retrain holds the lock."""
+
+
+class Reviewed(Protocol):
+    """What the dataset reads of a reviewed drawing (a predictor.models.Drawing)."""
+
+    id: Any
+    true_label: int | None
+
+
+@dataclass(frozen=True)
+class Part:
+    """Reviewed drawings as model inputs: their ids, uint8 (N, 28, 28) pixels and labels."""
+
+    ids: list[str]
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The usable reviewed drawings of one run, split by id into a training and a held-out part, and the skipped ones."""
+
+    train: Part
+    heldout: Part
+    skipped: list[tuple[str, str]]  # (drawing id, why it cannot be used)
+
+    @property
+    def reviewed(self) -> int:
+        """Return the number of usable reviewed drawings."""
+        return len(self.train.ids) + len(self.heldout.ids)
+
+    def sizes(self) -> dict[str, int]:
+        """Return the counts a version records: usable reviewed, skipped, training part and held-out part."""
+        return {
+            "reviewed": self.reviewed,
+            "skipped": len(self.skipped),
+            "train": len(self.train.ids),
+            "heldout": len(self.heldout.ids),
+        }
+
+    def label_counts(self, *, excluding: Collection[str] = frozenset()) -> list[int]:
+        """Return how many usable drawings, except those whose id is in `excluding`, carry each label."""
+        labels = [
+            label
+            for part in (self.train, self.heldout)
+            for drawing_id, label in zip(part.ids, part.y)
+            if drawing_id not in excluding
+        ]
+        return np.bincount(np.array(labels, dtype=np.int64), minlength=NUM_CLASSES).tolist()
 
 
 @dataclass(frozen=True)
@@ -31,11 +93,69 @@ class Score:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """How one model does on each evaluation set of a run."""
+
+    heldout: Score  # the held-out reviewed drawings
+    mnist: Score  # MNIST test
+    train: Score  # the training part of the reviewed drawings
+
+    def accuracies(self) -> dict[str, float | None]:
+        """Return the accuracies under their keys in a version's metrics."""
+        return {
+            "heldout_accuracy": self.heldout.accuracy,
+            "mnist_test_accuracy": self.mnist.accuracy,
+            "train_accuracy": self.train.accuracy,
+        }
+
+
+@dataclass(frozen=True)
+class LabelShift:
+    """How far the labels of the reviews new since the parent's run are from the labels that run trained on."""
+
+    since: str  # the parent, e.g. "v3"
+    reference: str  # what the new labels were compared with: the parent ("v3"), or "uniform" if it recorded none
+    new_reviews: int
+    distance: float | None  # total variation distance, 0 (same shares) to 1; None without new reviews
+    limit: float
+    warning: str | None  # set when distance > limit
+
+    def describe(self) -> str:
+        """Return one line giving the figure and what it was measured against."""
+        if self.distance is None:
+            return f"label shift: no reviews new since {self.since}, nothing to compare"
+        return (
+            f"label shift: the labels of the {self.new_reviews} reviews new since {self.since} are "
+            f"{self.distance:.2f} (total variation) from {reference_name(self)}; the warning limit is {self.limit:.2f}"
+        )
+
+
+@dataclass(frozen=True)
 class Decision:
-    """Whether a retrained model may be served, and why."""
+    """Whether a retrained model may be served, why, and the figures it was decided on."""
 
     passed: bool
     reasons: tuple[str, ...]
+    class_deltas: tuple[float | None, ...]  # MNIST test accuracy change per digit, after - before
+    worst_class: int | None  # the digit whose MNIST test accuracy fell most (None if none fell)
+    label_shift: LabelShift | None = None
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Return what deserves a look even though it does not decide the verdict."""
+        return () if self.label_shift is None or self.label_shift.warning is None else (self.label_shift.warning,)
+
+    def to_metrics(self) -> dict[str, Any]:
+        """Return the decision as JSON-ready values for the "gate" part of a version's metrics."""
+        return {
+            "passed": self.passed,
+            "reasons": list(self.reasons),
+            "warnings": list(self.warnings),
+            "class_deltas": list(self.class_deltas),
+            "worst_class": self.worst_class,
+            "worst_class_delta": None if self.worst_class is None else self.class_deltas[self.worst_class],
+            "label_shift": None if self.label_shift is None else asdict(self.label_shift),
+        }
 
 
 def is_held_out(drawing_id: object) -> bool:
@@ -52,6 +172,26 @@ def split_by_id(ids: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(~held_out), np.flatnonzero(held_out)
 
 
+def build_dataset(inputs: Iterable[tuple[Reviewed, np.ndarray | None, str]]) -> Dataset:
+    """Return the Dataset of (drawing, uint8 28x28 input or None, reason) triples, as selectors.drawing_inputs yields."""
+    ids, images, labels, skipped = [], [], [], []
+    for drawing, pixels, reason in inputs:
+        if pixels is None:
+            skipped.append((str(drawing.id), reason))
+            continue
+        ids.append(str(drawing.id))
+        images.append(pixels)
+        labels.append(drawing.true_label)
+    x = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    y = np.array(labels, dtype=np.uint8)
+    train, heldout = split_by_id(ids)
+    return Dataset(
+        train=Part([ids[i] for i in train], x[train], y[train]),
+        heldout=Part([ids[i] for i in heldout], x[heldout], y[heldout]),
+        skipped=skipped,
+    )
+
+
 def replay_sample(x: np.ndarray, y: np.ndarray, size: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Return `size` (x, y) pairs drawn without replacement; the same seed gives the same sample."""
     size = max(0, min(size, len(x)))
@@ -59,12 +199,76 @@ def replay_sample(x: np.ndarray, y: np.ndarray, size: int, *, seed: int) -> tupl
     return x[pick], y[pick]
 
 
-def gate(*, heldout_before: Score, heldout_after: Score, mnist_before: Score, mnist_after: Score, mnist_margin: float) -> Decision:
-    """Return whether the retrained model passes: not worse on held-out drawings, MNIST within the margin."""
+def score(tflite: Path, dataset: Dataset, x_test: np.ndarray, y_test: np.ndarray) -> Scores:
+    """Return the Scores of a .tflite model, run as it is served, on the dataset's two parts and MNIST test."""
+    classifier = Classifier(tflite, num_threads=os.cpu_count() or 1)
+
+    def on(x: np.ndarray, y: np.ndarray) -> Score:
+        if len(y) == 0:
+            return Score(0, None)
+        result = evaluate(classifier, x, y)
+        return Score(len(y), result["accuracy"], result["loss"], result["per_class_accuracy"])
+
+    return Scores(
+        heldout=on(dataset.heldout.x, dataset.heldout.y),
+        mnist=on(x_test, y_test),
+        train=on(dataset.train.x, dataset.train.y),
+    )
+
+
+def measure_label_shift(
+    new_counts: Sequence[int], previous_counts: Sequence[int] | None, *, since: str, limit: float = LABEL_SHIFT_LIMIT
+) -> LabelShift:
+    """Return the LabelShift of the new reviews' label counts from the parent's (from a uniform spread when None).
+
+    The distance is half the sum over digits of the difference in shares: the share of the new
+    labels that would have to move to another digit for the two spreads to match.
+    """
+    new = np.asarray(new_counts, dtype=np.float64)
+    reference = "uniform" if previous_counts is None else since
+    if new.sum() == 0:
+        return LabelShift(since, reference, 0, None, limit, None)
+    expected = np.ones(NUM_CLASSES) if previous_counts is None else np.asarray(previous_counts, dtype=np.float64)
+    new_share, expected_share = new / new.sum(), expected / expected.sum()
+    distance = float(np.abs(new_share - expected_share).sum() / 2)
+    shift = LabelShift(since, reference, int(new.sum()), distance, limit, None)
+    if distance <= limit:
+        return shift
+    digit = int(np.argmax(new_share - expected_share))
+    where = "a uniform spread" if previous_counts is None else f"{since}'s labels"
+    warning = (
+        f"label shift {distance:.2f} > {limit:.2f}: {digit} is {percent(new_share[digit])} of the "
+        f"{shift.new_reviews} reviews new since {since}, against {percent(expected_share[digit])} in {where}; "
+        "check those labels before trusting this model"
+    )
+    return replace(shift, warning=warning)
+
+
+def reference_name(shift: LabelShift) -> str:
+    """Return what the new labels of `shift` were compared with, in words."""
+    if shift.reference == "uniform":
+        return f"a uniform spread ({shift.since} recorded no label counts)"
+    return f"{shift.reference}'s labels"
+
+
+def gate(
+    *,
+    heldout_before: Score,
+    heldout_after: Score,
+    mnist_before: Score,
+    mnist_after: Score,
+    mnist_margin: float,
+    class_margin: float = CLASS_MARGIN,
+    label_shift: LabelShift | None = None,
+) -> Decision:
+    """Return whether the retrained model passes: not worse on held-out drawings, MNIST and each digit within margins.
+
+    A sharp label shift (`label_shift.warning`) is reported with the decision but does not decide it.
+    """
     reasons = []
     passed = True
     if heldout_after.size == 0:
-        reasons.append("no held-out reviewed drawings: only the MNIST check applies (label more drawings)")
+        reasons.append("no held-out reviewed drawings: only the MNIST checks apply (label more drawings)")
     else:
         drop = heldout_before.accuracy - heldout_after.accuracy
         # Same drawings on both sides, so equal accuracies mean the same number right: no rounding slack needed.
@@ -92,7 +296,27 @@ def gate(*, heldout_before: Score, heldout_after: Score, mnist_before: Score, mn
         f"({100 * change:+.2f} points; the limit is -{100 * mnist_margin:.2f}), "
         + ("within the margin" if within else "dropped too far")
     )
-    return Decision(passed, tuple(reasons))
+
+    # Reviews labelled to teach one digit as another can raise held-out accuracy (the held-out reviews
+    # carry the same labels) while MNIST overall hardly moves; the digit they take from does fall.
+    deltas = tuple(
+        None if before is None or after is None else after - before
+        for before, after in zip(mnist_before.per_class, mnist_after.per_class)
+    )
+    fell = {digit: delta for digit, delta in enumerate(deltas) if delta is not None and delta < 0}
+    worst = min(fell, key=fell.get) if fell else None
+    too_far = [digit for digit, delta in fell.items() if delta < -class_margin - 1e-12]
+    passed = passed and not too_far
+    for digit in too_far:
+        reasons.append(
+            f"MNIST test digit {digit}: {percent(mnist_before.per_class[digit], 2)} -> "
+            f"{percent(mnist_after.per_class[digit], 2)} ({100 * deltas[digit]:+.2f} points; the limit per digit "
+            f"is -{100 * class_margin:.2f}), dropped too far"
+        )
+    if not too_far:
+        largest = "no digit fell" if worst is None else f"the largest fall is digit {worst}, {100 * deltas[worst]:+.2f} points"
+        reasons.append(f"MNIST test per digit: {largest} (the limit is -{100 * class_margin:.2f}), within the margin")
+    return Decision(passed, tuple(reasons), deltas, worst, label_shift)
 
 
 def percent(value: float | None, digits: int = 1) -> str:
@@ -115,14 +339,15 @@ def score_table(rows: Sequence[tuple[str, Score, Score | None]], *, before_name:
     return lines
 
 
-def dataset_summary(sizes: dict[str, int], label_counts: Sequence[int]) -> list[str]:
-    """Return lines describing what a run trains on: reviewed, skipped, train, held-out and replay counts."""
-    labels = ", ".join(f"{digit}: {count}" for digit, count in enumerate(label_counts))
+def dataset_summary(dataset: Dataset, *, replay: int) -> list[str]:
+    """Return lines describing what a run trains on: reviewed, skipped, train, held-out, labels and replay."""
+    sizes = dataset.sizes()
+    labels = ", ".join(f"{digit}: {count}" for digit, count in enumerate(dataset.label_counts()))
     return [
         f"reviewed drawings: {sizes['reviewed']} usable, {sizes['skipped']} skipped",
         f"  training part: {sizes['train']}   held out: {sizes['heldout']}   (by drawing id, one in {HOLDOUT_BUCKETS})",
         f"  labels: {labels}",
-        f"MNIST replay digits mixed in: {sizes['replay']}",
+        f"MNIST replay digits mixed in: {replay}",
     ]
 
 

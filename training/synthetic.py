@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from predictor.preprocessing import IMAGE_SIZE, PreprocessingError, preprocess
+
 THRESHOLD = 96  # MNIST ink above this is part of the stroke before thinning
 MIN_SPUR = 2  # skeleton branches this short ending in a junction are thinning artefacts
 CHUNK = 250  # digits per task; each chunk has its own seed, so results do not depend on workers
@@ -310,8 +312,6 @@ def render_digit(
 
     `strokes` may be passed when already traced; a digit that cannot be drawn comes back unchanged.
     """
-    from predictor.preprocessing import PreprocessingError, preprocess
-
     strokes = digit_strokes(image) if strokes is None else strokes
     if not strokes:
         return np.asarray(image, dtype=np.uint8)
@@ -336,7 +336,7 @@ def render_digits(images: np.ndarray, *, seed: int, workers: int = 1, crop: bool
             parts = pool.map(_render_chunk, tasks)
     else:
         parts = [_render_chunk(task) for task in tasks]
-    return np.concatenate(parts) if parts else np.zeros((0, 28, 28), np.uint8)
+    return np.concatenate(parts) if parts else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
 
 
 def _render_chunk(task: tuple[np.ndarray, np.random.SeedSequence, bool]) -> np.ndarray:
@@ -346,4 +346,4 @@ def _render_chunk(task: tuple[np.ndarray, np.random.SeedSequence, bool]) -> np.n
     rng = np.random.default_rng(seed)
     skeletons = skeletonize(images > THRESHOLD)  # one batched thinning for the whole chunk
     rendered = [render_digit(image, rng, strokes=digit_strokes(image, sk), crop=crop) for image, sk in zip(images, skeletons)]
-    return np.stack(rendered) if rendered else np.zeros((0, 28, 28), np.uint8)
+    return np.stack(rendered) if rendered else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)

@@ -1,30 +1,29 @@
-"""Train the digit classifier from scratch, calibrate it, evaluate it and export it.
-
-    python -m training.train --out training/artifacts/base --force
-    python manage.py train --quick --out /some/dir
+"""Train the digit classifier from scratch, calibrate it, evaluate it and export it (`manage.py train`).
 
 train() is the learning step alone; run() is the whole job the command performs.
 """
 
-import argparse
 import sys
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
 
+from predictor.inference import NUM_CLASSES
+from predictor.preprocessing import IMAGE_SIZE
 from training import export
 from training.augment import make_dataset
-from training.config import TrainConfig, override
+from training.config import TrainConfig
 from training.data import load_mnist, split_validation
 from training.evaluate import evaluate, fit_temperature, predict_probabilities
 from training.model import build_model, logits_model, with_temperature
+from training.synthetic import render_digits
 
 BASE_DIR = Path(__file__).resolve().parent / "artifacts" / "base"
-QUICK = {"epochs": 1, "train_limit": 600, "synthetic_size": 200, "canvas_val_size": 200, "validation_size": 500}
 
 
 @dataclass
@@ -41,37 +40,14 @@ class Data:
     y_test: np.ndarray
 
 
-class KeepBest(keras.callbacks.Callback):
-    """Remember the weights of the epoch with the best validation accuracy and restore them at the end."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.best_accuracy = -1.0
-        self.best_epoch = 0
-        self.best_weights: list[np.ndarray] | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        accuracy = (logs or {}).get("val_accuracy", -1.0)
-        # Ties go to the later epoch: the learning rate is lower there.
-        if accuracy >= self.best_accuracy:
-            self.best_accuracy, self.best_epoch = accuracy, epoch + 1
-            self.best_weights = self.model.get_weights()
-
-    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
-
-
 def prepare_data(config: TrainConfig, log: Callable[[str], None] = print) -> Data:
     """Return the training, validation, canvas-style validation and test arrays for `config`."""
     (x_all, y_all), (x_test, y_test) = load_mnist()
     (x_train, y_train), (x_val, y_val) = split_validation(x_all, y_all, config.validation_size)
     if config.train_limit:
         x_train, y_train = x_train[: config.train_limit], y_train[: config.train_limit]
-    x_canvas, y_canvas = np.zeros((0, 28, 28), np.uint8), np.zeros((0,), np.uint8)
+    x_canvas, y_canvas = np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8), np.zeros((0,), np.uint8)
     if config.synthetic_size or config.canvas_val_size:
-        from training.synthetic import render_digits
-
         start = time.perf_counter()
         rng = np.random.default_rng(config.seed)
         if config.canvas_val_size:
@@ -109,7 +85,7 @@ class _SparseSmoothed(keras.losses.Loss):
         self.smoothing = smoothing
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), 10)
+        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), NUM_CLASSES)
         return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.smoothing)
 
     def get_config(self) -> dict[str, Any]:
@@ -135,7 +111,10 @@ def train(config: TrainConfig, data: Data, *, verbose: int | None = None) -> tup
     # Model selection looks at held-out MNIST and canvas-style drawings, never at MNIST test.
     x_val = np.concatenate([data.x_val, data.x_canvas]).astype(np.float32)[..., None]
     y_val = np.concatenate([data.y_val, data.y_canvas])
-    keep_best = KeepBest()
+    # Patience as long as the run: never stop early, only come back to the best epoch at the end.
+    best = keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", mode="max", patience=config.epochs, restore_best_weights=True
+    )
     if verbose is None:
         # A live progress bar on a terminal; one line per epoch in a log file.
         verbose = 1 if sys.stdout.isatty() else 2
@@ -145,17 +124,17 @@ def train(config: TrainConfig, data: Data, *, verbose: int | None = None) -> tup
         steps_per_epoch=steps,
         validation_data=(x_val, y_val),
         validation_batch_size=500,
-        callbacks=[keep_best],
+        callbacks=[best],
         shuffle=False,  # the dataset shuffles itself, reproducibly
         verbose=verbose,
     )
-    history.best_epoch = keep_best.best_epoch
+    history.best_epoch = best.best_epoch + 1  # counted from 1, as Keras prints epochs
     return model, history
 
 
 def calibrate(model: keras.Model, x: np.ndarray, y: np.ndarray) -> tuple[keras.Model, float]:
     """Return (model with a fitted softmax temperature baked in, temperature), fitted on (x, y)."""
-    logits = predict_probabilities(logits_model(model), x) if len(x) else np.zeros((0, 10))
+    logits = predict_probabilities(logits_model(model), x) if len(x) else np.zeros((0, NUM_CLASSES))
     temperature = fit_temperature(logits, y) if len(x) else 1.0
     return with_temperature(model, temperature), temperature
 
@@ -235,49 +214,3 @@ def summary(metrics: dict[str, Any], out_dir: Path) -> str:
         f"ECE canvas {share('ece_canvas')}, {metrics['params']:,} params, {metrics['tflite_bytes']:,} bytes .tflite, "
         f"{metrics['train_seconds']:.0f} s"
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the training options shared by `python -m training.train` and `manage.py train`."""
-    parser.add_argument("--epochs", type=int, help=f"epochs to train (default {TrainConfig.epochs})")
-    parser.add_argument("--out", type=Path, default=None, help="artefact directory (default training/artifacts/base)")
-    parser.add_argument("--seed", type=int, help=f"random seed (default {TrainConfig.seed})")
-    parser.add_argument("--quick", action="store_true", help="smoke run: a small slice for one epoch, in seconds")
-    parser.add_argument("--force", action="store_true", help="replace an existing model in --out")
-    parser.add_argument("--synthetic-size", type=int, help="canvas-style training renders (0 = none)")
-    parser.add_argument("--canvas-val-size", type=int, help="canvas-style validation renders (0 = none)")
-    parser.add_argument("--no-augment", action="store_true", help="train without on-the-fly augmentation")
-
-
-def config_from_options(options: dict[str, Any]) -> TrainConfig:
-    """Return the TrainConfig described by parsed command-line options."""
-    config = TrainConfig()
-    if options.get("quick"):
-        config = override(config, **QUICK)
-    config = override(
-        config,
-        epochs=options.get("epochs"),
-        seed=options.get("seed"),
-        synthetic_size=options.get("synthetic_size"),
-        canvas_val_size=options.get("canvas_val_size"),
-    )
-    if options.get("no_augment"):
-        config = replace(config, augment=None)
-    return config
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse argv, run training and return a process exit status."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    options = vars(parser.parse_args(argv))
-    try:
-        run(config_from_options(options), options["out"] or BASE_DIR, force=options["force"])
-    except (FileExistsError, export.ParityError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

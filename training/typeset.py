@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from predictor.inference import NUM_CLASSES
+from predictor.preprocessing import preprocess
+
 # matplotlib's own fonts whose digits are ordinary lining figures (its symbol and old-style fonts are left out).
 FONT_FILES = (
     "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
@@ -59,12 +62,10 @@ def typeset_png(digit: int, font_path: Path, rng: np.random.Generator) -> bytes:
 
 def typeset_digits(*, per_font: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Return (x uint8 (N, 28, 28) model inputs, y uint8 labels): every digit `per_font` times in every font."""
-    from predictor.preprocessing import preprocess
-
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for font_path in font_paths():
-        for digit in range(10):
+        for digit in range(NUM_CLASSES):
             for _ in range(per_font):
                 images.append(preprocess(typeset_png(digit, font_path, rng)).astype(np.uint8))
                 labels.append(digit)

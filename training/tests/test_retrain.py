@@ -3,12 +3,14 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
+from predictor import services
 from predictor.models import Drawing, ModelVersion
 from predictor.tests.conftest import canvas_png, data_url
 from training import retraining
@@ -20,6 +22,7 @@ DRAWINGS = 30
 # Tiny settings: one short epoch. Its MNIST change is noise, so these tests allow a 2-point margin
 # unless they are about the margin; the default (0.2 points) is for real runs.
 TINY = ["--epochs", "1", "--replay", "200", "--min-examples", "10", "--mnist-margin", "0.02"]
+POISONED, HONEST = 150, 100
 
 
 @pytest.fixture
@@ -40,6 +43,18 @@ def reviewed(active_model, api_client, admin_client, mnist_train):
             assert admin_client.post(CHANGELIST, data).status_code == 302
     assert Drawing.objects.filter(true_label__isnull=False).count() == DRAWINGS
     return ids
+
+
+@pytest.fixture
+def poisoned(active_model, mnist_train, admin_user):
+    """Reviews that teach 4 as 9: the first POISONED MNIST 4s labelled 9, beside HONEST other digits labelled right."""
+    images, labels = mnist_train
+    fours, others = np.flatnonzero(labels == 4)[:POISONED], np.flatnonzero(labels != 4)[:HONEST]
+    drawings = {i: services.drawing_create(data=canvas_png(images[i]), visitor="visitor-a") for i in [*fours, *others]}
+    services.drawing_relabel(drawings=[drawings[i] for i in fours], true_label=9, reviewer=admin_user)
+    for digit in set(labels[others].tolist()):
+        chosen = [drawings[i] for i in others if labels[i] == digit]
+        services.drawing_relabel(drawings=chosen, true_label=digit, reviewer=admin_user)
 
 
 def retrain(*arguments):
@@ -94,12 +109,38 @@ def test_retrain_learns_from_reviewed_drawings_serves_the_result_and_rolls_back(
     for key in ("mnist_test_accuracy", "heldout_accuracy", "train_accuracy", "train_seconds", "tflite_bytes"):
         assert key in new.metrics
     assert new.metrics["before"]["version"] == 1 and new.metrics["gate"]["passed"] is True
+    assert len(new.metrics["gate"]["class_deltas"]) == 10 and new.metrics["gate"]["label_shift"]["reference"] == "uniform"
+    assert data["label_counts"] == np.bincount(mnist_train[1][2:DRAWINGS], minlength=10).tolist()
     assert Path(new.tflite.path).is_file() and Path(new.keras.path).is_file()
+    # The next run measures its label shift only on reviews version 2 has not seen.
+    assert "no reviews new since v2" in retrain(*TINY, "--dry-run")
 
     # The running process notices the new version on its next request: no restart.
     assert served_version(api_client, mnist_train) == 2
 
     call_command("activate_model", "1", stdout=io.StringIO())
+    assert served_version(api_client, mnist_train) == 1
+
+
+@pytest.mark.django_db
+def test_gate_refuses_a_model_taught_by_reviews_that_call_4s_9s(poisoned, api_client, mnist_train):
+    # The held-out reviews carry the same false labels, so they cannot object; a wide overall MNIST margin
+    # leaves the per-digit check alone to refuse. Two short epochs take 4 down by several points.
+    output = retrain("--epochs", "2", "--replay", "200", "--mnist-margin", "0.02")
+
+    refused = ModelVersion.objects.get(version=2)
+    assert not refused.is_active and ModelVersion.objects.get(version=1).is_active
+    gate = refused.metrics["gate"]
+    assert gate["passed"] is False and gate["worst_class"] == 4
+    assert gate["class_margin"] == 0.01 and gate["worst_class_delta"] < -0.01
+    refusals = [r for r in gate["reasons"] if "dropped too far" in r]
+    assert refusals and all(r.startswith("MNIST test digit 4:") for r in refusals)
+    # Compared with a uniform spread, as the shipped model recorded no labels.
+    shift = gate["label_shift"]
+    assert shift["reference"] == "uniform" and shift["new_reviews"] == POISONED + HONEST and shift["distance"] > 0.3
+    assert gate["warnings"] == [shift["warning"]] and "9 is " in shift["warning"]
+    assert "Gate FAILED" in output and "MNIST test digit 4:" in output and "version 1 still serves" in output
+    assert refused.training_data["label_counts"][9] >= POISONED and refused.training_data["label_counts"][4] == 0
     assert served_version(api_client, mnist_train) == 1
 
 
@@ -243,6 +284,11 @@ def test_replay_sample_is_reproducible():
     assert len(retraining.replay_sample(x, y, 1000, seed=1)[0]) == 100
 
 
+def mnist(accuracy, per_class=None):
+    """Return a Score on MNIST test; each digit scores `accuracy` unless `per_class` says otherwise."""
+    return Score(10000, accuracy, per_class=list(per_class or [accuracy] * 10))
+
+
 @pytest.mark.parametrize(
     "heldout_before, heldout_after, mnist_after, passed, reason",
     [
@@ -256,8 +302,8 @@ def test_gate_needs_no_worse_held_out_and_mnist_within_margin(heldout_before, he
     decision = retraining.gate(
         heldout_before=Score(100, heldout_before),
         heldout_after=Score(100, heldout_after),
-        mnist_before=Score(10000, 0.9910),
-        mnist_after=Score(10000, mnist_after),
+        mnist_before=mnist(0.9910),
+        mnist_after=mnist(mnist_after),
         mnist_margin=0.002,
     )
     assert decision.passed is passed
@@ -267,11 +313,103 @@ def test_gate_needs_no_worse_held_out_and_mnist_within_margin(heldout_before, he
 def test_gate_says_when_held_out_drawings_are_too_few_to_mean_much():
     few = retraining.gate(
         heldout_before=Score(4, 0.5), heldout_after=Score(4, 0.75),
-        mnist_before=Score(10000, 0.99), mnist_after=Score(10000, 0.99), mnist_margin=0.002,
+        mnist_before=mnist(0.99), mnist_after=mnist(0.99), mnist_margin=0.002,
     )
     assert few.passed and any("only 4 held-out drawings" in r for r in few.reasons)
     none = retraining.gate(
         heldout_before=Score(0, None), heldout_after=Score(0, None),
-        mnist_before=Score(10000, 0.99), mnist_after=Score(10000, 0.99), mnist_margin=0.002,
+        mnist_before=mnist(0.99), mnist_after=mnist(0.99), mnist_margin=0.002,
     )
     assert none.passed and any("no held-out reviewed drawings" in r for r in none.reasons)
+
+
+def test_gate_refuses_a_model_that_forgets_one_digit_while_the_rest_looks_better():
+    # Reviews teaching 4s as 9s: the held-out reviews (labelled the same way) improve, MNIST overall
+    # loses less than its margin, and only the per-digit check sees that 4 was given up.
+    before = [0.99] * 10
+    after = [0.993] * 10
+    after[4] = 0.975
+    decision = retraining.gate(
+        heldout_before=Score(100, 0.70), heldout_after=Score(100, 0.95),
+        mnist_before=mnist(0.99, before), mnist_after=mnist(0.9915, after), mnist_margin=0.002, class_margin=0.01,
+    )
+    assert not decision.passed
+    assert decision.worst_class == 4
+    assert decision.class_deltas[4] == pytest.approx(-0.015) and decision.class_deltas[0] == pytest.approx(0.003)
+    assert [r for r in decision.reasons if "dropped too far" in r] == [
+        "MNIST test digit 4: 99.00% -> 97.50% (-1.50 points; the limit per digit is -1.00), dropped too far"
+    ]
+    assert any("not worse" in r for r in decision.reasons) and any("within the margin" in r for r in decision.reasons)
+    metrics = decision.to_metrics()
+    assert metrics["worst_class"] == 4 and metrics["worst_class_delta"] == pytest.approx(-0.015)
+    assert len(metrics["class_deltas"]) == 10 and metrics["passed"] is False
+
+
+def test_gate_lets_each_digit_fall_by_up_to_the_class_margin():
+    after = [0.99] * 10
+    after[7] = 0.981
+    decision = retraining.gate(
+        heldout_before=Score(100, 0.7), heldout_after=Score(100, 0.7),
+        mnist_before=mnist(0.99), mnist_after=mnist(0.9891, after), mnist_margin=0.002, class_margin=0.01,
+    )
+    assert decision.passed and decision.worst_class == 7
+    assert any("largest fall is digit 7, -0.90 points" in r for r in decision.reasons)
+    steady = retraining.gate(
+        heldout_before=Score(100, 0.7), heldout_after=Score(100, 0.7),
+        mnist_before=mnist(0.99), mnist_after=mnist(0.99), mnist_margin=0.002,
+    )
+    assert steady.passed and steady.worst_class is None and any("no digit fell" in r for r in steady.reasons)
+
+
+def test_label_shift_is_measured_against_the_parents_labels():
+    steady = retraining.measure_label_shift([10] * 10, [30] * 10, since="v2")
+    assert steady.distance == pytest.approx(0.0) and steady.reference == "v2" and steady.warning is None
+    poisoned = [10, 10, 10, 10, 0, 10, 10, 10, 10, 120]  # the 4s all came in labelled 9
+    shift = retraining.measure_label_shift(poisoned, [30] * 10, since="v2")
+    assert shift.distance == pytest.approx(0.5) and shift.new_reviews == 200
+    assert "9 is 60.0% of the 200 reviews new since v2, against 10.0% in v2's labels" in shift.warning
+
+
+def test_label_shift_falls_back_to_a_uniform_spread_and_needs_new_reviews():
+    shift = retraining.measure_label_shift([5, 5, 5, 5, 5, 5, 5, 5, 5, 5], None, since="v1")
+    assert shift.reference == "uniform" and shift.distance == pytest.approx(0.0)
+    assert "a uniform spread (v1 recorded no label counts)" in shift.describe()
+    nothing_new = retraining.measure_label_shift([0] * 10, [30] * 10, since="v3")
+    assert nothing_new.distance is None and nothing_new.warning is None
+    assert "no reviews new since v3" in nothing_new.describe()
+
+
+def test_a_sharp_label_shift_is_a_warning_of_the_gate_not_a_verdict():
+    shift = retraining.measure_label_shift([0] * 9 + [50], None, since="v1")
+    decision = retraining.gate(
+        heldout_before=Score(100, 0.7), heldout_after=Score(100, 0.7),
+        mnist_before=mnist(0.99), mnist_after=mnist(0.99), mnist_margin=0.002, label_shift=shift,
+    )
+    assert decision.passed and decision.warnings == (shift.warning,)
+    assert decision.to_metrics()["label_shift"]["distance"] == pytest.approx(0.9)
+    assert decision.to_metrics()["warnings"] == [shift.warning]
+
+
+def test_dataset_splits_usable_drawings_by_id_and_lists_the_skipped():
+    drawings = [SimpleNamespace(id=f"00000000-0000-4000-8000-{i:012d}", true_label=i % 10) for i in range(40)]
+    inputs = [(d, np.full((28, 28), i, np.uint8), "") for i, d in enumerate(drawings)]
+    inputs[3] = (drawings[3], None, "image cannot be read")
+    dataset = retraining.build_dataset(inputs)
+    assert dataset.skipped == [(drawings[3].id, "image cannot be read")]
+    assert dataset.sizes() == {"reviewed": 39, "skipped": 1, "train": len(dataset.train.ids), "heldout": len(dataset.heldout.ids)}
+    assert all(retraining.is_held_out(i) for i in dataset.heldout.ids)
+    assert not any(retraining.is_held_out(i) for i in dataset.train.ids)
+    for part in (dataset.train, dataset.heldout):
+        for drawing_id, pixels, label in zip(part.ids, part.x, part.y):
+            index = int(drawing_id[-12:])
+            assert pixels[0, 0] == index and label == index % 10
+    assert dataset.label_counts() == [4, 4, 4, 3, 4, 4, 4, 4, 4, 4]
+    assert sum(dataset.label_counts(excluding=set(dataset.train.ids))) == len(dataset.heldout.ids)
+
+
+@pytest.mark.django_db
+def test_force_and_no_activate_cannot_be_combined(reviewed, settings):
+    before = site_state(settings)
+    with pytest.raises(CommandError, match="not allowed with"):
+        retrain(*TINY, "--force", "--no-activate")
+    assert site_state(settings) == before
