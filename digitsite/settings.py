@@ -239,6 +239,8 @@ DIGIT_MODEL_CHECK_SECONDS = env.float("DIGIT_MODEL_CHECK_SECONDS", default=1.0)
 DIGIT_RETRAIN_MIN_EXAMPLES = env.int("DIGIT_RETRAIN_MIN_EXAMPLES", default=20)
 # A retrained model is served only if its MNIST test accuracy drops by at most this much (0.002 = 0.2 points).
 DIGIT_RETRAIN_MNIST_MARGIN = env.float("DIGIT_RETRAIN_MNIST_MARGIN", default=0.002)
+# ... and only if no digit class drops by more than this on MNIST test (0.01 = 1 point).
+DIGIT_RETRAIN_CLASS_MARGIN = env.float("DIGIT_RETRAIN_CLASS_MARGIN", default=0.01)
 
 # Reverse proxies trusted to append the client's address to X-Forwarded-For (see predictor.throttling).
 DIGIT_PROXIES = _proxies

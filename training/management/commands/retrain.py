@@ -56,7 +56,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--class-margin",
             type=float,
-            default=getattr(settings, "DIGIT_RETRAIN_CLASS_MARGIN", retraining.CLASS_MARGIN),
+            default=settings.DIGIT_RETRAIN_CLASS_MARGIN,
             help="largest allowed drop in any one digit's MNIST test accuracy, as a fraction "
             "(default %(default)s; 0.01 = 1 point)",
         )
