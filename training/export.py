@@ -20,12 +20,16 @@ from predictor.inference import NUM_CLASSES
 from predictor.preprocessing import IMAGE_SIZE
 from training.config import FinetuneConfig, TrainConfig
 from training.evaluate import predict_probabilities
+from training.files import (  # noqa: F401  (the format's names, used as export.X by its callers)
+    ARTIFACT_FILES,
+    CONFUSION_FILE,
+    KERAS_FILE,
+    METRICS_FILE,
+    TFLITE_FILE,
+    is_artifact_dir,
+    read_metrics,
+)
 
-KERAS_FILE = "model.keras"
-TFLITE_FILE = "model.tflite"
-METRICS_FILE = "metrics.json"
-CONFUSION_FILE = "confusion.png"
-ARTIFACT_FILES = (KERAS_FILE, TFLITE_FILE, METRICS_FILE, CONFUSION_FILE)
 PARITY_SIZE = 1000
 PARITY_TOLERANCE = 1e-4
 
@@ -130,16 +134,6 @@ def load(directory: str | os.PathLike) -> keras.Model:
     """Return the (uncompiled) Keras model saved in an artefact directory."""
     # Uncompiled: the training loss and optimizer state are not part of the artefact's contract.
     return keras.models.load_model(Path(directory) / KERAS_FILE, compile=False)
-
-
-def read_metrics(directory: str | os.PathLike) -> dict[str, Any]:
-    """Return the metrics.json of an artefact directory."""
-    return json.loads((Path(directory) / METRICS_FILE).read_text())
-
-
-def is_artifact_dir(directory: str | os.PathLike) -> bool:
-    """Return True if `directory` already holds any artefact file."""
-    return any((Path(directory) / name).exists() for name in ARTIFACT_FILES)
 
 
 def plot_confusion(confusion: list[list[int]] | np.ndarray, path: str | os.PathLike) -> None:

@@ -20,10 +20,10 @@ from training.augment import make_dataset
 from training.config import TrainConfig
 from training.data import load_mnist, split_validation
 from training.evaluate import evaluate, fit_temperature, predict_probabilities
+from training.files import BASE_DIR
 from training.model import build_model, logits_model, with_temperature
 from training.synthetic import render_digits
 
-BASE_DIR = Path(__file__).resolve().parent / "artifacts" / "base"
 
 
 @dataclass

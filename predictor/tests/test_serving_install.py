@@ -44,6 +44,7 @@ def test_serving_code_works_without_training_packages(tmp_path, digit_png):
     env = {
         "DJANGO_SETTINGS_MODULE": "digitsite.settings",
         "DEBUG": "true",
+        "ALLOWED_HOSTS": "testserver",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "CACHE_URL": "locmemcache://",
         "MEDIA_ROOT": str(tmp_path / "media"),

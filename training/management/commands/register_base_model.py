@@ -2,8 +2,7 @@ from django.core.management.base import BaseCommand
 
 from predictor import services
 from predictor.models import ModelVersion
-from training import export
-from training.train import BASE_DIR
+from training import files
 
 
 class Command(BaseCommand):
@@ -13,10 +12,10 @@ class Command(BaseCommand):
         if ModelVersion.objects.exists():
             self.stdout.write("A model version is already registered; nothing to do.")
             return
-        metrics = export.read_metrics(BASE_DIR)
+        metrics = files.read_metrics(files.BASE_DIR)
         version = services.model_version_register(
-            tflite_path=BASE_DIR / export.TFLITE_FILE,
-            keras_path=BASE_DIR / export.KERAS_FILE,
+            tflite_path=files.BASE_DIR / files.TFLITE_FILE,
+            keras_path=files.BASE_DIR / files.KERAS_FILE,
             metrics=metrics,
             notes="The shipped base model, trained on MNIST by `manage.py train`.",
             activate=True,
