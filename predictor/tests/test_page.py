@@ -7,6 +7,7 @@ import pytest
 from django.conf import settings
 
 from predictor.models import Drawing
+from predictor.tests.accessibility import blocking_violations
 
 try:
     from playwright.sync_api import expect
@@ -15,7 +16,8 @@ except ImportError:  # reported by the browser fixture (conftest): skipped local
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-DESKTOP = {"width": 1280, "height": 800}
+DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3, "is_mobile": True, "has_touch": True}
 SCREENSHOT = settings.BASE_DIR / "docs" / "screenshot.png"
 
 
@@ -47,17 +49,32 @@ COUNT_INK = """canvas => {
 
 
 @pytest.fixture
-def page(browser, live_server, active_model):
-    """A fresh visitor (own cookies) on the drawing page; fails the test on any script error."""
-    context = browser.new_context(viewport=DESKTOP, base_url=live_server.url)
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto("/")
-    yield page
-    context.close()
+def open_page(browser, live_server, active_model):
+    """Return a function that opens the drawing page for a fresh visitor (own cookies) on a device.
+
+    The test fails on any script error in a page it opened.
+    """
+    contexts, errors = [], []
+
+    def open_page(device):
+        context = browser.new_context(**device, base_url=live_server.url)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto("/")
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
     assert errors == []
+
+
+@pytest.fixture
+def page(open_page):
+    """A fresh visitor on the drawing page at desktop size."""
+    return open_page(DESKTOP)
 
 
 def draw(page, strokes):
@@ -182,6 +199,7 @@ def test_history_lists_the_visitors_drawings_newest_first(page):
     page.locator('[data-action="clear"]').click()
     draw(page, DIGITS[7])
     predict(page)
+    confidence = page.locator('[data-role="chart"] .is-top .chart-value').inner_text()
     page.keyboard.press("3")
     expect(page.locator('[data-role="feedback-status"]')).to_have_text("Thanks — noted as a 3.")
 
@@ -189,6 +207,8 @@ def test_history_lists_the_visitors_drawings_newest_first(page):
     items = page.locator(".drawings > li")
     expect(items).to_have_count(2)
     expect(items.nth(0)).to_contain_text(re.compile(r"Read as\s+7"))
+    # The same words as the drawing page (">99% confident", never a rounded "100%").
+    expect(items.nth(0).locator(".drawing-reading")).to_contain_text(f"· {confidence} confident")
     expect(items.nth(0)).to_contain_text("You said it was 3")
     expect(items.nth(1)).to_contain_text(re.compile(r"Read as\s+1"))
     expect(items.nth(1)).to_contain_text("No feedback")
@@ -196,3 +216,130 @@ def test_history_lists_the_visitors_drawings_newest_first(page):
     thumbnails.last.scroll_into_view_if_needed()
     for index in range(2):
         assert thumbnails.nth(index).evaluate("img => img.decode().then(() => img.naturalWidth)") > 0
+
+
+def test_an_error_goes_away_as_soon_as_drawing_starts(page):
+    verdict = page.locator('[data-role="verdict"]')
+    predict(page)
+    expect(verdict).to_have_attribute("data-state", "error")
+
+    box = page.locator('[data-role="canvas"]').bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 3)
+    page.mouse.down()
+    expect(verdict).to_have_attribute("data-state", "idle")
+    expect(page.locator('[data-role="message"]')).not_to_contain_text(re.compile("empty", re.IGNORECASE))
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] * 2 / 3, steps=10)
+    page.mouse.up()
+
+
+@pytest.mark.parametrize(
+    ("change", "state"),
+    [
+        (lambda page: draw(page, RIGHT_STROKE), "stale"),
+        (lambda page: page.locator('[data-action="undo"]').click(), "stale"),
+        (lambda page: page.keyboard.press("Control+z"), "stale"),
+        (lambda page: page.locator('[data-action="clear"]').click(), "idle"),
+    ],
+    ids=["stroke", "undo", "ctrl-z", "clear"],
+)
+def test_changing_the_drawing_takes_away_feedback_on_the_old_answer(page, change, state):
+    feedback_requests = []
+    page.on("request", lambda request: "/feedback/" in request.url and feedback_requests.append(request.url))
+    draw(page, DIGITS[7] + LEFT_STROKE)
+    predict(page)
+    assert shown_digit(page) in "0123456789"
+    expect(page.get_by_role("button", name="Correct")).to_be_visible()
+
+    change(page)
+
+    expect(page.locator('[data-role="verdict"]')).to_have_attribute("data-state", state)
+    if state == "stale":
+        expect(page.locator('[data-role="message"]')).to_contain_text("before you changed the drawing")
+    # Hidden, so gone for screen readers and the keyboard too, and the digit keys send nothing.
+    expect(page.locator('[data-role="feedback"]')).to_be_hidden()
+    expect(page.get_by_role("button", name="Correct")).to_have_count(0)
+    expect(page.get_by_role("group", name=re.compile("Wrong"))).to_have_count(0)
+    page.keyboard.press("3")
+    page.wait_for_timeout(300)
+    assert feedback_requests == []
+    assert Drawing.objects.get().feedback_label is None
+
+    draw(page, DIGITS[1])
+    predict(page)
+    expect(page.get_by_role("button", name="Correct")).to_be_visible()
+
+
+def test_an_answer_that_arrives_after_the_drawing_changed_is_shown_as_stale(page):
+    held = []
+    page.route("**/api/predictions/", lambda route: held.append(route))
+    draw(page, DIGITS[7])
+    with page.expect_request("**/api/predictions/"):
+        page.locator('[data-action="predict"]').click()
+    expect(page.locator('[data-role="verdict"]')).to_have_attribute("data-state", "loading")
+
+    draw(page, RIGHT_STROKE)
+    assert len(held) == 1
+    with page.expect_response("**/api/predictions/"):
+        held[0].continue_()
+
+    expect(page.locator('[data-role="verdict"]')).to_have_attribute("data-state", "stale")
+    expect(page.locator('[data-role="feedback"]')).to_be_hidden()
+
+
+def test_on_a_phone_the_digit_and_the_feedback_buttons_are_on_screen_after_predict(open_page):
+    page = open_page(PHONE)
+    draw(page, DIGITS[7])
+    predict(page)
+
+    assert shown_digit(page) == "7"
+    for control in [page.locator('[data-role="digit"]'), page.get_by_role("button", name="Correct")]:
+        expect(control).to_be_in_viewport(ratio=1)
+    for label in range(10):
+        expect(page.get_by_role("button", name=str(label), exact=True)).to_be_in_viewport(ratio=1)
+
+
+def test_the_page_is_the_only_source_of_the_api_address(page):
+    posts = []
+    page.on("request", lambda request: request.method == "POST" and posts.append(request.url))
+    page.locator("[data-api-predictions]").evaluate("element => element.removeAttribute('data-api-predictions')")
+    draw(page, DIGITS[1])
+    page.locator('[data-action="predict"]').click()
+
+    expect(page.locator('[data-role="verdict"]')).to_have_attribute("data-state", "error")
+    assert posts == []
+
+
+def test_pages_link_icons_that_load(page):
+    failures = []
+    page.on("response", lambda response: response.status >= 400 and failures.append(response.url))
+    for path in ["/", "/history/"]:
+        page.goto(path)
+        icons = page.eval_on_selector_all(
+            'link[rel~="icon"], link[rel="apple-touch-icon"]',
+            """links => Promise.all(links.map(async link => {
+                const response = await fetch(link.href);
+                return [response.status, response.headers.get("content-type")];
+            }))""",
+        )
+        assert len(icons) == 3
+        assert all(status == 200 and kind.startswith("image/") for status, kind in icons)
+    assert failures == []
+
+
+def test_pages_have_no_serious_accessibility_violations(page):
+    assert blocking_violations(page) == []
+    predict(page)
+    assert blocking_violations(page) == []
+
+    draw(page, DIGITS[7])
+    predict(page)
+    assert shown_digit(page) == "7"
+    assert blocking_violations(page) == []
+    draw(page, RIGHT_STROKE)
+    assert blocking_violations(page) == []
+
+    page.get_by_role("link", name="Your drawings").click()
+    expect(page.locator(".drawings > li")).to_have_count(1)
+    assert blocking_violations(page) == []
+    page.emulate_media(color_scheme="dark")
+    assert blocking_violations(page) == []

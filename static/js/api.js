@@ -1,8 +1,6 @@
 // Calls to the prediction API. Every failure becomes an ApiError whose message
 // is a sentence the page can show as it is.
 
-const DEFAULT_PREDICTIONS_URL = "/api/predictions/";
-
 /** An API failure: `message` is the server's detail sentence, `code` its error code. */
 export class ApiError extends Error {
   constructor(message, { code, status }) {
@@ -23,9 +21,12 @@ export function giveFeedback(id, payload) {
   return post(`${predictionsUrl()}${encodeURIComponent(id)}/feedback/`, payload);
 }
 
-// The page renders the real URL (it depends on where the site is mounted).
+// The page renders the URL (from Django's URLconf, so it follows where the site is mounted);
+// no second copy lives here to drift from it.
 function predictionsUrl() {
-  return document.querySelector("[data-api-predictions]")?.dataset.apiPredictions || DEFAULT_PREDICTIONS_URL;
+  const url = document.querySelector("[data-api-predictions]")?.dataset.apiPredictions;
+  if (!url) throw new Error("The page does not say where the API is (data-api-predictions).");
+  return url;
 }
 
 // Django refuses unsafe requests without the token; the page carries it in the

@@ -21,8 +21,11 @@ const labelButtons = [...document.querySelectorAll('[data-action="label"]')];
 
 const pad = new DrawingPad(find("canvas"));
 
+// The prediction on screen, while it still describes the drawing on the pad; feedback goes to it.
 let prediction = null;
 let predicting = false;
+// Counts changes to the drawing, so an answer can tell whether the pad still holds what it read.
+let revision = 0;
 
 /** Returns a probability as a short percentage that never rounds to a false 0% or 100%. */
 function formatPercent(probability) {
@@ -45,27 +48,44 @@ function showState(state, digitText, ...messageParts) {
   message.replaceChildren(...messageParts);
 }
 
-// On a phone the answer sits below the pad: bring its first line into view.
-function revealVerdict() {
-  const rect = verdict.getBoundingClientRect();
-  if (rect.top >= 0 && rect.bottom <= window.innerHeight) return;
+// On a phone the answer sits below the pad. Scroll just far enough to show the digit, the
+// feedback buttons and their thanks together, so that as much of the drawing as fits stays in view.
+function revealAnswer() {
+  const margin = 8;
+  const top = verdict.getBoundingClientRect().top - margin;
+  const bottom = (feedback.hidden ? verdict : feedbackStatus).getBoundingClientRect().bottom + margin;
+  // Scrolling down by `distance` lifts both edges: the bottom must come into the window, the top stay in it.
+  const distance = top < 0 ? top : Math.min(Math.max(0, bottom - window.innerHeight), top);
+  if (distance === 0) return;
   const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
-  verdict.scrollIntoView({ block: "nearest", behavior: smooth ? "smooth" : "auto" });
+  window.scrollBy({ top: distance, behavior: smooth ? "smooth" : "auto" });
+}
+
+// Hidden, not merely dimmed: hidden controls leave the accessibility tree and the tab order too.
+function hideAnswerParts() {
+  details.hidden = true;
+  feedback.hidden = true;
 }
 
 function showIdle() {
   prediction = null;
   showState("idle", "?", "Draw a digit and press Predict.");
-  details.hidden = true;
-  feedback.hidden = true;
+  hideAnswerParts();
 }
 
 function showError(text) {
   prediction = null;
   showState("error", "", text);
-  details.hidden = true;
-  feedback.hidden = true;
-  revealVerdict();
+  hideAnswerParts();
+  revealAnswer();
+}
+
+// The answer was for a drawing that has changed since: keep the digit for comparison, take
+// away the feedback so that no claim is made about a drawing that is no longer there.
+function showStale(label) {
+  prediction = null;
+  showState("stale", String(label), "That was before you changed the drawing. Press Predict again.");
+  hideAnswerParts();
 }
 
 function showPrediction(result) {
@@ -83,7 +103,7 @@ function showPrediction(result) {
   details.hidden = false;
   feedback.hidden = false;
   showFeedback(result);
-  revealVerdict();
+  revealAnswer();
 }
 
 // Marks which answer the visitor gave, if any (a label equal to the prediction means "correct").
@@ -101,13 +121,22 @@ function showFeedback(result) {
 async function runPrediction() {
   if (predicting) return;
   predicting = true;
+  const read = revision;
   // aria-disabled rather than disabled: a disabled button drops keyboard focus.
   predictButton.setAttribute("aria-disabled", "true");
   showState("loading", "…", "Reading your digit…");
   try {
-    showPrediction(await predict(pad.toDataURL()));
+    const result = await predict(pad.toDataURL());
+    // The visitor may have drawn, undone or cleared while the request was on its way.
+    if (read === revision) showPrediction(result);
+    else if (pad.isEmpty()) showIdle();
+    else showStale(result.predicted_label);
   } catch (error) {
-    showError(error instanceof ApiError ? error.message : "Something went wrong. Please try again.");
+    if (read === revision) {
+      showError(error instanceof ApiError ? error.message : "Something went wrong. Please try again.");
+    } else {
+      showIdle();
+    }
     if (!(error instanceof ApiError)) console.error(error);
   } finally {
     predicting = false;
@@ -131,9 +160,21 @@ async function sendFeedback(payload) {
   }
 }
 
+// Every change to the drawing (a new stroke, undo, clear) outdates what is shown about it:
+// an error goes away as soon as drawing starts, an answer becomes stale, an empty pad is idle.
+function onDrawingChange() {
+  revision += 1;
+  padBox.dataset.empty = String(pad.isEmpty());
+  const state = verdict.dataset.state;
+  if (state === "loading") return;
+  if (pad.isEmpty() || state === "error") showIdle();
+  else if (state === "result") showStale(prediction.predicted_label);
+}
+
 function clearAll() {
-  pad.clear();
-  if (!predicting) showIdle();
+  if (!pad.isEmpty()) pad.clear();
+  // Clearing an empty pad changes nothing, but still dismisses an error about it.
+  else if (!predicting) showIdle();
 }
 
 function isTyping(target) {
@@ -161,9 +202,7 @@ function onKeyDown(event) {
   }
 }
 
-pad.addEventListener("change", () => {
-  padBox.dataset.empty = String(pad.isEmpty());
-});
+pad.addEventListener("change", onDrawingChange);
 action("undo").addEventListener("click", () => pad.undo());
 action("clear").addEventListener("click", clearAll);
 predictButton.addEventListener("click", runPrediction);
