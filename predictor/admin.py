@@ -3,18 +3,19 @@
 import json
 from collections.abc import Callable
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
-from django.db.models import BooleanField, ExpressionWrapper, Q
+from django.db.models import BooleanField, ExpressionWrapper
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.timezone import localtime
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from predictor import selectors, services
 from predictor.models import Drawing, ModelVersion
@@ -49,9 +50,9 @@ class ReviewStatusFilter(admin.SimpleListFilter):
         if value == "disputed":
             return queryset.filter(selectors.disputed_q())
         if value == "unreviewed":
-            return queryset.filter(true_label__isnull=True, is_excluded=False)
+            return queryset.filter(selectors.unreviewed_q())
         if value == "reviewed":
-            return queryset.filter(Q(true_label__isnull=False) | Q(is_excluded=True))
+            return queryset.filter(selectors.reviewed_q())
         if value == "mistake":
             return queryset.filter(selectors.mistake_q())
         if value == "excluded":
@@ -122,6 +123,35 @@ def exclude_drawing(modeladmin, request, queryset) -> None:
     _log_review(modeladmin, request, drawings, str(_("Excluded as not a digit.")))
 
 
+class DrawingReviewForm(forms.ModelForm):
+    """One editable row of the review queue, its controls named for screen readers."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        read_as = {"digit": self.instance.predicted_label}
+        names = {
+            "true_label": _("Reviewer label for the drawing read as %(digit)s") % read_as,
+            "is_excluded": _("Not a digit: the drawing read as %(digit)s") % read_as,
+        }
+        if self.instance.predicted_label is None:  # the formset's blank template form, never shown
+            names = {"true_label": _("Reviewer label"), "is_excluded": _("Not a digit")}
+        for name, label in names.items():
+            if name in self.fields:
+                # A row has no <label>: the column heading is not a name for a control.
+                self.fields[name].widget.attrs["aria-label"] = label
+                # The list shows no help text, so no aria-describedby may point at one.
+                self.fields[name].help_text = ""
+
+
+def _review_message(drawing: Drawing) -> str:
+    """Return the admin history message of a drawing's review as it now stands, saying the new label."""
+    if drawing.is_excluded:
+        return gettext("Marked not a digit.")
+    if drawing.true_label is None:
+        return gettext("Cleared the reviewer label.")
+    return gettext("Changed reviewer label to %(digit)d.") % {"digit": drawing.true_label}
+
+
 @admin.register(Drawing)
 class DrawingAdmin(admin.ModelAdmin):
     list_display = (
@@ -152,16 +182,14 @@ class DrawingAdmin(admin.ModelAdmin):
     show_full_result_count = False
     search_fields = ("id", "=visitor")
     actions = (confirm_prediction, *(relabel_action(digit) for digit in range(10)), exclude_drawing)
-
-    def get_ordering(self, request):
-        # Mistakes first: drawings the visitor says were read wrong lead, then the least confident.
-        disputed = ExpressionWrapper(selectors.disputed_q(), output_field=BooleanField())
-        return (disputed.desc(), "confidence")
+    # Disputed first (the visitor says the model read it wrong), then the least confident. As `ordering`
+    # rather than get_ordering(), so the list's headings mark the order the rows are really in.
+    ordering = (ExpressionWrapper(selectors.disputed_q(), output_field=BooleanField()).desc(), "confidence")
     fieldsets = (
         (None, {"fields": (("drawing_large", "model_input_large"),)}),
         (
             _("Review"),
-            {"fields": ("visitor_feedback", "feedback_at", "true_label", "is_excluded", "reviewed_by", "reviewed_at")},
+            {"fields": ("visitor_feedback", "feedback_at", "true_label", "is_excluded", "reviewer", "reviewed_at")},
         ),
         (
             _("What the model read"),
@@ -178,14 +206,14 @@ class DrawingAdmin(admin.ModelAdmin):
         "created_at",
         "visitor_feedback",
         "feedback_at",
-        "reviewed_by",
+        "reviewer",
         "reviewed_at",
     )
 
     @admin.display(description=_("drawing"))
     def thumbnail(self, drawing):
         return format_html(
-            '<img class="drawing-thumb" src="{}" loading="lazy" width="56" height="56" alt="{}">',
+            '<img class="drawing-thumb" src="{}" loading="lazy" width="48" height="48" alt="{}">',
             reverse("predictor:drawing-image", args=[drawing.id]),
             _("Drawing %(id)s") % {"id": drawing.id},
         )
@@ -247,6 +275,11 @@ class DrawingAdmin(admin.ModelAdmin):
         created = localtime(drawing.created_at)
         return format_html("{}<br>{}", date_format(created, "Y-m-d"), date_format(created, "H:i"))
 
+    @admin.display(description=_("reviewed by"))
+    def reviewer(self, drawing):
+        # Plain text, not the admin's link to the user: reviewers may not manage users, so it would answer 403.
+        return drawing.reviewed_by.get_username() if drawing.reviewed_by else self.get_empty_value_display()
+
     @admin.display(description=_("probabilities"))
     def probability_chart(self, drawing):
         rows = format_html_join(
@@ -260,6 +293,9 @@ class DrawingAdmin(admin.ModelAdmin):
             ),
         )
         return format_html('<ol class="probability-chart">{}</ol>', rows)
+
+    def get_changelist_form(self, request, **kwargs):
+        return super().get_changelist_form(request, form=DrawingReviewForm, **kwargs)
 
     def has_add_permission(self, request):
         # Drawings come from the prediction API, never from a form.
@@ -276,6 +312,12 @@ class DrawingAdmin(admin.ModelAdmin):
             services.drawing_exclude(drawings=[obj], reviewer=request.user)
         else:
             services.drawing_relabel(drawings=[obj], true_label=obj.true_label, reviewer=request.user)
+
+    def construct_change_message(self, request, form, formsets, add=False):
+        # In words with the new value, as the actions write it: "Changed Reviewer label." tells history nothing.
+        if add or not form.changed_data:
+            return super().construct_change_message(request, form, formsets, add)
+        return _review_message(form.instance)
 
 
 @admin.action(description=_("Activate this version (serve it from now on)"), permissions=["change"])
