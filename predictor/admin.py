@@ -13,11 +13,12 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.timezone import localtime
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from predictor import selectors, services
+from predictor import charts, selectors, services
 from predictor.models import Drawing, ModelVersion
 
 # (parameter value, label, lower bound inclusive, upper bound exclusive) of the confidence filter.
@@ -27,6 +28,19 @@ CONFIDENCE_BANDS = (
     ("80-95", _("80% to 95%"), 0.8, 0.95),
     ("ge95", _("95% and above"), 0.95, 1.01),
 )
+
+
+# A read-only field of the change page shows None as "None"; this says what it means.
+NOT_RECORDED = _("Not recorded for this version.")
+# What each dataset size that retrain records in ModelVersion.training_data["sizes"] counts.
+SIZE_LABELS = {
+    "reviewed": _("reviewed drawings usable"),
+    "train": _("reviewed drawings retrained on"),
+    "heldout": _("reviewed drawings held out to judge it"),
+    "skipped": _("reviewed drawings skipped (image unreadable)"),
+    "replay": _("MNIST training digits mixed in"),
+    "mnist_test": _("MNIST test digits"),
+}
 
 
 class ReviewStatusFilter(admin.SimpleListFilter):
@@ -347,8 +361,29 @@ class ModelVersionAdmin(admin.ModelAdmin):
     )
     list_select_related = ("parent",)
     actions = (activate_version,)
-    fields = ("version", "is_active", "parent", "created_at", "metrics_table", "training_data", "notes", "artefacts")
-    readonly_fields = fields
+    fieldsets = (
+        (None, {"fields": ("version", "is_active", "lineage", "created_at", "notes", "artefacts")}),
+        (_("How it reads digits"), {"fields": ("accuracy_table", "gate_verdict")}),
+        (_("Training"), {"fields": ("training_curves", "confusion_matrices")}),
+        (_("Data, size and time"), {"fields": ("dataset_sizes", "model_facts")}),
+        # Django draws a "collapse" fieldset as a closed <details>: the record is there, out of the way.
+        (_("Raw record (JSON)"), {"classes": ("collapse",), "fields": ("raw_record",)}),
+    )
+    readonly_fields = (
+        "version",
+        "is_active",
+        "lineage",
+        "created_at",
+        "notes",
+        "artefacts",
+        "accuracy_table",
+        "gate_verdict",
+        "training_curves",
+        "confusion_matrices",
+        "dataset_sizes",
+        "model_facts",
+        "raw_record",
+    )
 
     def get_queryset(self, request):
         return selectors.model_versions_with_counts(versions=super().get_queryset(request))
@@ -392,11 +427,158 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def drawings_judged(self, version):
         return version.judged
 
-    @admin.display(description=_("metrics"))
-    def metrics_table(self, version):
-        metrics = sorted(version.metrics.items())
-        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", ((k, json.dumps(v)) for k, v in metrics))
-        return format_html('<table class="metrics">{}</table>', rows)
+    @admin.display(description=_("fine-tuned from"))
+    def lineage(self, version):
+        # One query for the whole chain, however many retrains deep.
+        versions = ModelVersion.objects.only("id", "version", "is_active", "parent_id").in_bulk()
+        chain, seen = [], {version.id}
+        parent_id = version.parent_id
+        while parent_id in versions and parent_id not in seen:
+            seen.add(parent_id)
+            chain.append(versions[parent_id])
+            parent_id = versions[parent_id].parent_id
+        if not chain:
+            return _("nothing: trained from scratch")
+        links = format_html_join(
+            " ← ",
+            '<a href="{}">{}</a>',
+            ((reverse("admin:predictor_modelversion_change", args=[v.id]), str(v)) for v in chain),
+        )
+        return format_html('<span class="lineage">{}</span>', links)
+
+    @admin.display(description=_("accuracy"))
+    def accuracy_table(self, version):
+        rows = _accuracy_rows(version)
+        if not rows:
+            return NOT_RECORDED
+        # A retrained version also records its parent's accuracies on the same sets: compare them.
+        compared = any(earlier is not None for _label, _after, earlier, _size in rows)
+        parent = _json_dict(version.metrics.get("before")).get("version", "?")
+        head = format_html_join(
+            "",
+            '<th scope="col">{}</th>',
+            (
+                (heading,)
+                for heading in (
+                    _("measured on"),
+                    _("this version"),
+                    *((_("before (v%(version)s)") % {"version": parent}, _("change")) if compared else ()),
+                    _("how many"),
+                )
+            ),
+        )
+        cells = (
+            (
+                label,
+                _percent(after, 2) or "-",
+                *((_percent(earlier, 2) or "-", _change(earlier, after)) if compared else ()),
+                "-" if size is None else f"{size:,}",
+            )
+            for label, after, earlier, size in rows
+        )
+        body = format_html_join(
+            "",
+            '<tr><th scope="row">{}</th>' + "<td>{}</td>" * (4 if compared else 2) + "</tr>",
+            cells,
+        )
+        return format_html(
+            '<table class="facts accuracy"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>', head, body
+        )
+
+    @admin.display(description=_("gate"))
+    def gate_verdict(self, version):
+        gate = version.metrics.get("gate")
+        if not isinstance(gate, dict):
+            return _("None: the gate judges a retrained version against its parent.")
+        if gate.get("passed"):
+            verdict = format_html('<strong class="gate-passed">✓ {}</strong>', _("Passed: no worse than its parent."))
+        else:
+            failed = _("Failed, and served anyway (--force).") if gate.get("forced") else _("Failed: not activated.")
+            verdict = format_html('<strong class="gate-failed">✗ {}</strong>', failed)
+        reasons = gate.get("reasons") if isinstance(gate.get("reasons"), list) else []
+        items = format_html_join("", "<li>{}</li>", ((reason,) for reason in reasons))
+        return format_html('{}<ul class="gate-reasons">{}</ul>', verdict, items)
+
+    @admin.display(description=_("training curves"))
+    def training_curves(self, version):
+        history = version.metrics.get("history")
+        if not isinstance(history, dict):
+            return NOT_RECORDED
+        # Training keeps the weights of its best epoch, not of its last: mark which.
+        mark = version.metrics.get("best_epoch")
+        mark = mark if isinstance(mark, int) and not isinstance(mark, bool) else None
+        mark_label = _("kept: epoch %(epoch)s") % {"epoch": mark}
+        figures = []
+        for title, keys, percent in (
+            (_("Loss per epoch"), ("loss", "val_loss"), False),
+            (_("Accuracy per epoch"), ("accuracy", "val_accuracy"), True),
+        ):
+            names = (_("training"), _("validation"))
+            series = {name: history[key] for key, name in zip(keys, names) if key in history}
+            try:
+                chart = charts.line_chart(series, title=title, percent=percent, mark=mark, mark_label=mark_label)
+            except ValueError:  # no values under these keys
+                continue
+            figures.append(format_html("<figure><figcaption>{}</figcaption>{}</figure>", title, chart))
+        return format_html('<div class="charts">{}</div>', mark_safe("".join(figures))) if figures else NOT_RECORDED
+
+    @admin.display(description=_("confusion matrices"))
+    def confusion_matrices(self, version):
+        figures = []
+        for key, title in (
+            ("confusion", _("MNIST test digits")),
+            ("confusion_canvas", _("Canvas-style validation drawings")),
+        ):
+            matrix = version.metrics.get(key)
+            if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):
+                continue
+            try:
+                chart = charts.confusion_matrix_chart(matrix, title=title)
+            except ValueError:  # not square, or not counts
+                continue
+            figures.append(format_html("<figure><figcaption>{}</figcaption>{}</figure>", title, chart))
+        return format_html('<div class="charts">{}</div>', mark_safe("".join(figures))) if figures else NOT_RECORDED
+
+    @admin.display(description=_("data"))
+    def dataset_sizes(self, version):
+        sizes = version.training_data.get("sizes")
+        rows = [(SIZE_LABELS.get(key, key), value) for key, value in sizes.items()] if isinstance(sizes, dict) else []
+        config = _json_dict(version.metrics.get("config"))
+        rows += [
+            (label, source.get(key))
+            for source, key, label in (
+                (version.metrics, "train_images", _("images trained on (MNIST and canvas-style)")),
+                (config, "synthetic_size", _("canvas-style drawings made from MNIST for training")),
+                (config, "validation_size", _("MNIST validation digits")),
+                (version.metrics, "canvas_val_size", _("canvas-style validation drawings")),
+            )
+            if source.get(key) is not None
+        ]
+        return _facts_table(rows)
+
+    @admin.display(description=_("model and run"))
+    def model_facts(self, version):
+        metrics = version.metrics
+        rows = [
+            (_("parameters"), _number(metrics.get("params"))),
+            (_(".tflite file"), _file_size(metrics.get("tflite_bytes"))),
+            (_("largest .tflite/.keras difference"), _number(metrics.get("tflite_max_abs_diff"), "{:.1e}")),
+            (_("time training (fit)"), _duration(metrics.get("fit_seconds"))),
+            (_("time for the whole run"), _duration(metrics.get("train_seconds"))),
+            (_("epoch kept"), _number(metrics.get("best_epoch"))),
+            (_("random seed"), _number(metrics.get("seed"))),
+        ]
+        return _facts_table([(label, value) for label, value in rows if value is not None])
+
+    @admin.display(description=_("metrics and training data"))
+    def raw_record(self, version):
+        record = {"metrics": version.metrics, "training_data": version.training_data}
+        # It scrolls on its own, so it takes the focus: keyboard users can scroll it too.
+        return format_html(
+            '<pre class="raw-record" tabindex="0" role="region" aria-label="{}">{}</pre>',
+            _("Metrics and training data as JSON"),
+            json.dumps(record, indent=2, sort_keys=True),
+        )
 
     @admin.display(description=_("artefacts"))
     def artefacts(self, version):
@@ -414,6 +596,90 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return False
 
 
-def _percent(value: float | None) -> str | None:
-    """Return a share as a percentage with one decimal, or None (shown as the admin's empty value) if unknown."""
-    return None if value is None else f"{value:.1%}"
+def _percent(value: float | None, decimals: int = 1) -> str | None:
+    """Return a share as a percentage, or None (shown as the admin's empty value) if unknown."""
+    return f"{value:.{decimals}%}" if _is_number(value) else None
+
+
+def _is_number(value) -> bool:
+    """Return whether a value read from stored JSON is a number (JSON has no other check)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _change(before, after) -> str:
+    """Return the change between two shares in percentage points ("+1.20 points"), or "-" if either is unknown."""
+    if not (_is_number(before) and _is_number(after)):
+        return "-"
+    return _("%(change)s points") % {"change": f"{(after - before) * 100:+.2f}"}
+
+
+def _json_dict(value) -> dict:
+    """Return `value` if it is a dict (an object in stored JSON), else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def _accuracy_rows(version: ModelVersion) -> list[tuple[str, float | None, float | None, int | None]]:
+    """Return (measured on, accuracy, accuracy before retraining, set size) for each accuracy the version records.
+
+    The keys are those `train` and `retrain` write; a version read on none of them has no rows.
+    """
+    metrics = version.metrics
+    sizes = _json_dict(version.training_data.get("sizes"))
+    mnist_test_size = sizes.get("mnist_test")
+    confusion = metrics.get("confusion")
+    if mnist_test_size is None and isinstance(confusion, list):  # the shipped model counts its test set this way
+        mnist_test_size = sum(sum(row) for row in confusion if isinstance(row, list) and all(map(_is_number, row)))
+    canvas = None if metrics.get("canvas_val_size") == 0 else metrics.get("canvas_val_accuracy")  # 0 drawings: unknown
+    reviewed = getattr(version, "reviewed", 0)  # counted by get_queryset
+    live = version.correct / reviewed if reviewed else None
+    heldout_size = metrics.get("heldout_size", sizes.get("heldout"))
+    validation_size = _json_dict(metrics.get("config")).get("validation_size")
+    rows = [
+        (_("MNIST test digits"), *_now_and_before(metrics, "mnist_test_accuracy"), mnist_test_size),
+        (_("canvas-style validation drawings"), canvas, None, metrics.get("canvas_val_size")),
+        (_("MNIST validation digits"), metrics.get("mnist_val_accuracy"), None, validation_size),
+        (_("reviewed drawings held out from retraining"), *_now_and_before(metrics, "heldout_accuracy"), heldout_size),
+        (_("reviewed drawings it was retrained on"), *_now_and_before(metrics, "train_accuracy"), sizes.get("train")),
+        (_("reviewed drawings it judged when served"), live, None, reviewed),
+    ]
+    numbers = [(label, *(value if _is_number(value) else None for value in values)) for label, *values in rows]
+    return [row for row in numbers if row[1] is not None or row[2] is not None]
+
+
+def _now_and_before(metrics: dict, key: str) -> tuple:
+    """Return the version's value of `key` and its parent's, as retrain recorded it under "before"."""
+    return metrics.get(key), _json_dict(metrics.get("before")).get(key)
+
+
+def _facts_table(rows: list[tuple[str, object]]) -> str:
+    """Return a two-column table of (label, value) rows, or says there is nothing recorded."""
+    if not rows:
+        return NOT_RECORDED
+    shown = ((label, f"{value:,}" if _is_number(value) and isinstance(value, int) else value) for label, value in rows)
+    body = format_html_join("", '<tr><th scope="row">{}</th><td>{}</td></tr>', shown)
+    return format_html('<table class="facts"><tbody>{}</tbody></table>', body)
+
+
+def _number(value, pattern: str = "{:,}") -> str | None:
+    """Return a number from stored JSON formatted with `pattern`, or None if it is not a number."""
+    return pattern.format(value) if _is_number(value) else None
+
+
+def _file_size(size) -> str | None:
+    """Return a size in bytes as "566 KB (566,208 bytes)" (decimal units), or None if it is not a number."""
+    if not _is_number(size):
+        return None
+    if size >= 1_000_000:
+        return f"{size / 1_000_000:.1f} MB ({size:,} bytes)"
+    return f"{size / 1000:.0f} KB ({size:,} bytes)"
+
+
+def _duration(seconds) -> str | None:
+    """Return a duration as "41 s", "12.5 min" or "1.3 h", or None if it is not a number."""
+    if not _is_number(seconds):
+        return None
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
