@@ -580,12 +580,16 @@ def test_reviewer_is_never_shown_a_link_that_refuses_them(reviewer_client, revie
     assert run_action(reviewer_client, "relabel_as_3", [mixed["unsure"]]).status_code == 200
     mixed["old"].reviewed_by, mixed["old"].true_label = admin_user, 8
     mixed["old"].save()
+    reviewed_by_admin = reverse("admin:predictor_drawing_change", args=[mixed["old"].id])
 
     pages = [
+        reverse("admin:index"),
+        DASHBOARD,
+        reverse("admin:predictor_modelversion_changelist"),
         CHANGELIST,
         CHANGELIST + "?review=reviewed",
         reverse("admin:predictor_drawing_change", args=[mixed["unsure"].id]),
-        reverse("admin:predictor_drawing_change", args=[mixed["old"].id]),
+        reviewed_by_admin,
         reverse("admin:predictor_modelversion_change", args=[mixed["old"].model_version_id]),
     ]
     checked = set()
@@ -596,7 +600,7 @@ def test_reviewer_is_never_shown_a_link_that_refuses_them(reviewer_client, revie
                 continue
             checked.add(href)
             assert reviewer_client.get(href).status_code != 403, f"{url} links to {href}, which refuses a reviewer"
-    change_page = reviewer_client.get(pages[3]).content.decode()
+    change_page = reviewer_client.get(reviewed_by_admin).content.decode()
     assert admin_user.get_username() in change_page  # who reviewed it is still said, as text
     assert reverse("admin:auth_user_change", args=[admin_user.pk]) not in change_page
 
