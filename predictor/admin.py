@@ -3,20 +3,22 @@
 import json
 from collections.abc import Callable
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
-from django.db.models import BooleanField, ExpressionWrapper, Q
+from django.db.models import BooleanField, ExpressionWrapper
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.timezone import localtime
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
-from predictor import selectors, services
+from predictor import charts, selectors, services
 from predictor.models import Drawing, ModelVersion
 
 # (parameter value, label, lower bound inclusive, upper bound exclusive) of the confidence filter.
@@ -26,6 +28,19 @@ CONFIDENCE_BANDS = (
     ("80-95", _("80% to 95%"), 0.8, 0.95),
     ("ge95", _("95% and above"), 0.95, 1.01),
 )
+
+
+# A read-only field of the change page shows None as "None"; this says what it means.
+NOT_RECORDED = _("Not recorded for this version.")
+# What each dataset size that retrain records in ModelVersion.training_data["sizes"] counts.
+SIZE_LABELS = {
+    "reviewed": _("reviewed drawings usable"),
+    "train": _("reviewed drawings retrained on"),
+    "heldout": _("reviewed drawings held out to judge it"),
+    "skipped": _("reviewed drawings skipped (image unreadable)"),
+    "replay": _("MNIST training digits mixed in"),
+    "mnist_test": _("MNIST test digits"),
+}
 
 
 class ReviewStatusFilter(admin.SimpleListFilter):
@@ -49,9 +64,9 @@ class ReviewStatusFilter(admin.SimpleListFilter):
         if value == "disputed":
             return queryset.filter(selectors.disputed_q())
         if value == "unreviewed":
-            return queryset.filter(true_label__isnull=True, is_excluded=False)
+            return queryset.filter(selectors.unreviewed_q())
         if value == "reviewed":
-            return queryset.filter(Q(true_label__isnull=False) | Q(is_excluded=True))
+            return queryset.filter(selectors.reviewed_q())
         if value == "mistake":
             return queryset.filter(selectors.mistake_q())
         if value == "excluded":
@@ -122,6 +137,35 @@ def exclude_drawing(modeladmin, request, queryset) -> None:
     _log_review(modeladmin, request, drawings, str(_("Excluded as not a digit.")))
 
 
+class DrawingReviewForm(forms.ModelForm):
+    """One editable row of the review queue, its controls named for screen readers."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        read_as = {"digit": self.instance.predicted_label}
+        names = {
+            "true_label": _("Reviewer label for the drawing read as %(digit)s") % read_as,
+            "is_excluded": _("Not a digit: the drawing read as %(digit)s") % read_as,
+        }
+        if self.instance.predicted_label is None:  # the formset's blank template form, never shown
+            names = {"true_label": _("Reviewer label"), "is_excluded": _("Not a digit")}
+        for name, label in names.items():
+            if name in self.fields:
+                # A row has no <label>: the column heading is not a name for a control.
+                self.fields[name].widget.attrs["aria-label"] = label
+                # The list shows no help text, so no aria-describedby may point at one.
+                self.fields[name].help_text = ""
+
+
+def _review_message(drawing: Drawing) -> str:
+    """Return the admin history message of a drawing's review as it now stands, saying the new label."""
+    if drawing.is_excluded:
+        return gettext("Marked not a digit.")
+    if drawing.true_label is None:
+        return gettext("Cleared the reviewer label.")
+    return gettext("Changed reviewer label to %(digit)d.") % {"digit": drawing.true_label}
+
+
 @admin.register(Drawing)
 class DrawingAdmin(admin.ModelAdmin):
     list_display = (
@@ -152,16 +196,14 @@ class DrawingAdmin(admin.ModelAdmin):
     show_full_result_count = False
     search_fields = ("id", "=visitor")
     actions = (confirm_prediction, *(relabel_action(digit) for digit in range(10)), exclude_drawing)
-
-    def get_ordering(self, request):
-        # Mistakes first: drawings the visitor says were read wrong lead, then the least confident.
-        disputed = ExpressionWrapper(selectors.disputed_q(), output_field=BooleanField())
-        return (disputed.desc(), "confidence")
+    # Disputed first (the visitor says the model read it wrong), then the least confident. As `ordering`
+    # rather than get_ordering(), so the list's headings mark the order the rows are really in.
+    ordering = (ExpressionWrapper(selectors.disputed_q(), output_field=BooleanField()).desc(), "confidence")
     fieldsets = (
         (None, {"fields": (("drawing_large", "model_input_large"),)}),
         (
             _("Review"),
-            {"fields": ("visitor_feedback", "feedback_at", "true_label", "is_excluded", "reviewed_by", "reviewed_at")},
+            {"fields": ("visitor_feedback", "feedback_at", "true_label", "is_excluded", "reviewer", "reviewed_at")},
         ),
         (
             _("What the model read"),
@@ -178,14 +220,14 @@ class DrawingAdmin(admin.ModelAdmin):
         "created_at",
         "visitor_feedback",
         "feedback_at",
-        "reviewed_by",
+        "reviewer",
         "reviewed_at",
     )
 
     @admin.display(description=_("drawing"))
     def thumbnail(self, drawing):
         return format_html(
-            '<img class="drawing-thumb" src="{}" loading="lazy" width="56" height="56" alt="{}">',
+            '<img class="drawing-thumb" src="{}" loading="lazy" width="48" height="48" alt="{}">',
             reverse("predictor:drawing-image", args=[drawing.id]),
             _("Drawing %(id)s") % {"id": drawing.id},
         )
@@ -247,6 +289,11 @@ class DrawingAdmin(admin.ModelAdmin):
         created = localtime(drawing.created_at)
         return format_html("{}<br>{}", date_format(created, "Y-m-d"), date_format(created, "H:i"))
 
+    @admin.display(description=_("reviewed by"))
+    def reviewer(self, drawing):
+        # Plain text, not the admin's link to the user: reviewers may not manage users, so it would answer 403.
+        return drawing.reviewed_by.get_username() if drawing.reviewed_by else self.get_empty_value_display()
+
     @admin.display(description=_("probabilities"))
     def probability_chart(self, drawing):
         rows = format_html_join(
@@ -260,6 +307,9 @@ class DrawingAdmin(admin.ModelAdmin):
             ),
         )
         return format_html('<ol class="probability-chart">{}</ol>', rows)
+
+    def get_changelist_form(self, request, **kwargs):
+        return super().get_changelist_form(request, form=DrawingReviewForm, **kwargs)
 
     def has_add_permission(self, request):
         # Drawings come from the prediction API, never from a form.
@@ -276,6 +326,12 @@ class DrawingAdmin(admin.ModelAdmin):
             services.drawing_exclude(drawings=[obj], reviewer=request.user)
         else:
             services.drawing_relabel(drawings=[obj], true_label=obj.true_label, reviewer=request.user)
+
+    def construct_change_message(self, request, form, formsets, add=False):
+        # In words with the new value, as the actions write it: "Changed Reviewer label." tells history nothing.
+        if add or not form.changed_data:
+            return super().construct_change_message(request, form, formsets, add)
+        return _review_message(form.instance)
 
 
 @admin.action(description=_("Activate this version (serve it from now on)"), permissions=["change"])
@@ -305,8 +361,29 @@ class ModelVersionAdmin(admin.ModelAdmin):
     )
     list_select_related = ("parent",)
     actions = (activate_version,)
-    fields = ("version", "is_active", "parent", "created_at", "metrics_table", "training_data", "notes", "artefacts")
-    readonly_fields = fields
+    fieldsets = (
+        (None, {"fields": ("version", "is_active", "lineage", "created_at", "notes", "artefacts")}),
+        (_("How it reads digits"), {"fields": ("accuracy_table", "gate_verdict")}),
+        (_("Training"), {"fields": ("training_curves", "confusion_matrices")}),
+        (_("Data, size and time"), {"fields": ("dataset_sizes", "model_facts")}),
+        # Django draws a "collapse" fieldset as a closed <details>: the record is there, out of the way.
+        (_("Raw record (JSON)"), {"classes": ("collapse",), "fields": ("raw_record",)}),
+    )
+    readonly_fields = (
+        "version",
+        "is_active",
+        "lineage",
+        "created_at",
+        "notes",
+        "artefacts",
+        "accuracy_table",
+        "gate_verdict",
+        "training_curves",
+        "confusion_matrices",
+        "dataset_sizes",
+        "model_facts",
+        "raw_record",
+    )
 
     def get_queryset(self, request):
         return selectors.model_versions_with_counts(versions=super().get_queryset(request))
@@ -350,11 +427,158 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def drawings_judged(self, version):
         return version.judged
 
-    @admin.display(description=_("metrics"))
-    def metrics_table(self, version):
-        metrics = sorted(version.metrics.items())
-        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", ((k, json.dumps(v)) for k, v in metrics))
-        return format_html('<table class="metrics">{}</table>', rows)
+    @admin.display(description=_("fine-tuned from"))
+    def lineage(self, version):
+        # One query for the whole chain, however many retrains deep.
+        versions = ModelVersion.objects.only("id", "version", "is_active", "parent_id").in_bulk()
+        chain, seen = [], {version.id}
+        parent_id = version.parent_id
+        while parent_id in versions and parent_id not in seen:
+            seen.add(parent_id)
+            chain.append(versions[parent_id])
+            parent_id = versions[parent_id].parent_id
+        if not chain:
+            return _("nothing: trained from scratch")
+        links = format_html_join(
+            " ← ",
+            '<a href="{}">{}</a>',
+            ((reverse("admin:predictor_modelversion_change", args=[v.id]), str(v)) for v in chain),
+        )
+        return format_html('<span class="lineage">{}</span>', links)
+
+    @admin.display(description=_("accuracy"))
+    def accuracy_table(self, version):
+        rows = _accuracy_rows(version)
+        if not rows:
+            return NOT_RECORDED
+        # A retrained version also records its parent's accuracies on the same sets: compare them.
+        compared = any(earlier is not None for _label, _after, earlier, _size in rows)
+        parent = _json_dict(version.metrics.get("before")).get("version", "?")
+        head = format_html_join(
+            "",
+            '<th scope="col">{}</th>',
+            (
+                (heading,)
+                for heading in (
+                    _("measured on"),
+                    _("this version"),
+                    *((_("before (v%(version)s)") % {"version": parent}, _("change")) if compared else ()),
+                    _("how many"),
+                )
+            ),
+        )
+        cells = (
+            (
+                label,
+                _percent(after, 2) or "-",
+                *((_percent(earlier, 2) or "-", _change(earlier, after)) if compared else ()),
+                "-" if size is None else f"{size:,}",
+            )
+            for label, after, earlier, size in rows
+        )
+        body = format_html_join(
+            "",
+            '<tr><th scope="row">{}</th>' + "<td>{}</td>" * (4 if compared else 2) + "</tr>",
+            cells,
+        )
+        return format_html(
+            '<table class="facts accuracy"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>', head, body
+        )
+
+    @admin.display(description=_("gate"))
+    def gate_verdict(self, version):
+        gate = version.metrics.get("gate")
+        if not isinstance(gate, dict):
+            return _("None: the gate judges a retrained version against its parent.")
+        if gate.get("passed"):
+            verdict = format_html('<strong class="gate-passed">✓ {}</strong>', _("Passed: no worse than its parent."))
+        else:
+            failed = _("Failed, and served anyway (--force).") if gate.get("forced") else _("Failed: not activated.")
+            verdict = format_html('<strong class="gate-failed">✗ {}</strong>', failed)
+        reasons = gate.get("reasons") if isinstance(gate.get("reasons"), list) else []
+        items = format_html_join("", "<li>{}</li>", ((reason,) for reason in reasons))
+        return format_html('{}<ul class="gate-reasons">{}</ul>', verdict, items)
+
+    @admin.display(description=_("training curves"))
+    def training_curves(self, version):
+        history = version.metrics.get("history")
+        if not isinstance(history, dict):
+            return NOT_RECORDED
+        # Training keeps the weights of its best epoch, not of its last: mark which.
+        mark = version.metrics.get("best_epoch")
+        mark = mark if isinstance(mark, int) and not isinstance(mark, bool) else None
+        mark_label = _("kept: epoch %(epoch)s") % {"epoch": mark}
+        figures = []
+        for title, keys, percent in (
+            (_("Loss per epoch"), ("loss", "val_loss"), False),
+            (_("Accuracy per epoch"), ("accuracy", "val_accuracy"), True),
+        ):
+            names = (_("training"), _("validation"))
+            series = {name: history[key] for key, name in zip(keys, names) if key in history}
+            try:
+                chart = charts.line_chart(series, title=title, percent=percent, mark=mark, mark_label=mark_label)
+            except ValueError:  # no values under these keys
+                continue
+            figures.append(format_html("<figure><figcaption>{}</figcaption>{}</figure>", title, chart))
+        return format_html('<div class="charts">{}</div>', mark_safe("".join(figures))) if figures else NOT_RECORDED
+
+    @admin.display(description=_("confusion matrices"))
+    def confusion_matrices(self, version):
+        figures = []
+        for key, title in (
+            ("confusion", _("MNIST test digits")),
+            ("confusion_canvas", _("Canvas-style validation drawings")),
+        ):
+            matrix = version.metrics.get(key)
+            if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):
+                continue
+            try:
+                chart = charts.confusion_matrix_chart(matrix, title=title)
+            except ValueError:  # not square, or not counts
+                continue
+            figures.append(format_html("<figure><figcaption>{}</figcaption>{}</figure>", title, chart))
+        return format_html('<div class="charts">{}</div>', mark_safe("".join(figures))) if figures else NOT_RECORDED
+
+    @admin.display(description=_("data"))
+    def dataset_sizes(self, version):
+        sizes = version.training_data.get("sizes")
+        rows = [(SIZE_LABELS.get(key, key), value) for key, value in sizes.items()] if isinstance(sizes, dict) else []
+        config = _json_dict(version.metrics.get("config"))
+        rows += [
+            (label, source.get(key))
+            for source, key, label in (
+                (version.metrics, "train_images", _("images trained on (MNIST and canvas-style)")),
+                (config, "synthetic_size", _("canvas-style drawings made from MNIST for training")),
+                (config, "validation_size", _("MNIST validation digits")),
+                (version.metrics, "canvas_val_size", _("canvas-style validation drawings")),
+            )
+            if source.get(key) is not None
+        ]
+        return _facts_table(rows)
+
+    @admin.display(description=_("model and run"))
+    def model_facts(self, version):
+        metrics = version.metrics
+        rows = [
+            (_("parameters"), _number(metrics.get("params"))),
+            (_(".tflite file"), _file_size(metrics.get("tflite_bytes"))),
+            (_("largest .tflite/.keras difference"), _number(metrics.get("tflite_max_abs_diff"), "{:.1e}")),
+            (_("time training (fit)"), _duration(metrics.get("fit_seconds"))),
+            (_("time for the whole run"), _duration(metrics.get("train_seconds"))),
+            (_("epoch kept"), _number(metrics.get("best_epoch"))),
+            (_("random seed"), _number(metrics.get("seed"))),
+        ]
+        return _facts_table([(label, value) for label, value in rows if value is not None])
+
+    @admin.display(description=_("metrics and training data"))
+    def raw_record(self, version):
+        record = {"metrics": version.metrics, "training_data": version.training_data}
+        # It scrolls on its own, so it takes the focus: keyboard users can scroll it too.
+        return format_html(
+            '<pre class="raw-record" tabindex="0" role="region" aria-label="{}">{}</pre>',
+            _("Metrics and training data as JSON"),
+            json.dumps(record, indent=2, sort_keys=True),
+        )
 
     @admin.display(description=_("artefacts"))
     def artefacts(self, version):
@@ -372,6 +596,90 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return False
 
 
-def _percent(value: float | None) -> str | None:
-    """Return a share as a percentage with one decimal, or None (shown as the admin's empty value) if unknown."""
-    return None if value is None else f"{value:.1%}"
+def _percent(value: float | None, decimals: int = 1) -> str | None:
+    """Return a share as a percentage, or None (shown as the admin's empty value) if unknown."""
+    return f"{value:.{decimals}%}" if _is_number(value) else None
+
+
+def _is_number(value) -> bool:
+    """Return whether a value read from stored JSON is a number (JSON has no other check)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _change(before, after) -> str:
+    """Return the change between two shares in percentage points ("+1.20 points"), or "-" if either is unknown."""
+    if not (_is_number(before) and _is_number(after)):
+        return "-"
+    return _("%(change)s points") % {"change": f"{(after - before) * 100:+.2f}"}
+
+
+def _json_dict(value) -> dict:
+    """Return `value` if it is a dict (an object in stored JSON), else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def _accuracy_rows(version: ModelVersion) -> list[tuple[str, float | None, float | None, int | None]]:
+    """Return (measured on, accuracy, accuracy before retraining, set size) for each accuracy the version records.
+
+    The keys are those `train` and `retrain` write; a version read on none of them has no rows.
+    """
+    metrics = version.metrics
+    sizes = _json_dict(version.training_data.get("sizes"))
+    mnist_test_size = sizes.get("mnist_test")
+    confusion = metrics.get("confusion")
+    if mnist_test_size is None and isinstance(confusion, list):  # the shipped model counts its test set this way
+        mnist_test_size = sum(sum(row) for row in confusion if isinstance(row, list) and all(map(_is_number, row)))
+    canvas = None if metrics.get("canvas_val_size") == 0 else metrics.get("canvas_val_accuracy")  # 0 drawings: unknown
+    reviewed = getattr(version, "reviewed", 0)  # counted by get_queryset
+    live = version.correct / reviewed if reviewed else None
+    heldout_size = metrics.get("heldout_size", sizes.get("heldout"))
+    validation_size = _json_dict(metrics.get("config")).get("validation_size")
+    rows = [
+        (_("MNIST test digits"), *_now_and_before(metrics, "mnist_test_accuracy"), mnist_test_size),
+        (_("canvas-style validation drawings"), canvas, None, metrics.get("canvas_val_size")),
+        (_("MNIST validation digits"), metrics.get("mnist_val_accuracy"), None, validation_size),
+        (_("reviewed drawings held out from retraining"), *_now_and_before(metrics, "heldout_accuracy"), heldout_size),
+        (_("reviewed drawings it was retrained on"), *_now_and_before(metrics, "train_accuracy"), sizes.get("train")),
+        (_("reviewed drawings it judged when served"), live, None, reviewed),
+    ]
+    numbers = [(label, *(value if _is_number(value) else None for value in values)) for label, *values in rows]
+    return [row for row in numbers if row[1] is not None or row[2] is not None]
+
+
+def _now_and_before(metrics: dict, key: str) -> tuple:
+    """Return the version's value of `key` and its parent's, as retrain recorded it under "before"."""
+    return metrics.get(key), _json_dict(metrics.get("before")).get(key)
+
+
+def _facts_table(rows: list[tuple[str, object]]) -> str:
+    """Return a two-column table of (label, value) rows, or says there is nothing recorded."""
+    if not rows:
+        return NOT_RECORDED
+    shown = ((label, f"{value:,}" if _is_number(value) and isinstance(value, int) else value) for label, value in rows)
+    body = format_html_join("", '<tr><th scope="row">{}</th><td>{}</td></tr>', shown)
+    return format_html('<table class="facts"><tbody>{}</tbody></table>', body)
+
+
+def _number(value, pattern: str = "{:,}") -> str | None:
+    """Return a number from stored JSON formatted with `pattern`, or None if it is not a number."""
+    return pattern.format(value) if _is_number(value) else None
+
+
+def _file_size(size) -> str | None:
+    """Return a size in bytes as "566 KB (566,208 bytes)" (decimal units), or None if it is not a number."""
+    if not _is_number(size):
+        return None
+    if size >= 1_000_000:
+        return f"{size / 1_000_000:.1f} MB ({size:,} bytes)"
+    return f"{size / 1000:.0f} KB ({size:,} bytes)"
+
+
+def _duration(seconds) -> str | None:
+    """Return a duration as "41 s", "12.5 min" or "1.3 h", or None if it is not a number."""
+    if not _is_number(seconds):
+        return None
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

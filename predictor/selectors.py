@@ -43,6 +43,16 @@ def mistake_q(prefix: str = "") -> Q:
     return Q(**{f"{prefix}true_label__isnull": False}) & ~Q(**{f"{prefix}true_label": F(f"{prefix}predicted_label")})
 
 
+def unreviewed_q(prefix: str = "") -> Q:
+    """Return the condition "no reviewer has looked at it yet": no reviewer label and not excluded."""
+    return Q(**{f"{prefix}true_label__isnull": True, f"{prefix}is_excluded": False})
+
+
+def reviewed_q(prefix: str = "") -> Q:
+    """Return the condition "a reviewer has decided": a reviewer label, or excluded as not a digit."""
+    return Q(**{f"{prefix}true_label__isnull": False}) | Q(**{f"{prefix}is_excluded": True})
+
+
 def drawing_review_queue(*, drawings: QuerySet[Drawing] | None = None) -> QuerySet[Drawing]:
     """Return the drawings (of `drawings`, default all) that need a reviewer, least confident first."""
     drawings = Drawing.objects.all() if drawings is None else drawings

@@ -1,11 +1,16 @@
+import json
+import re
 from datetime import timedelta
+from html.parser import HTMLParser
 
 import pytest
+from django.conf import settings
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import Group, Permission, User
 from django.urls import reverse
 from django.utils import timezone
 
+from predictor import selectors
 from predictor.models import Drawing, ModelVersion
 
 CHANGELIST = reverse("admin:predictor_drawing_changelist")
@@ -255,7 +260,8 @@ def test_relabel_in_the_list_records_reviewer_and_history(admin_client, admin_us
     assert unsure.reviewed_at is not None
     assert (disputed.true_label, disputed.is_excluded, disputed.reviewed_by) == (None, True, admin_user)
     assert old.reviewed_by is None and old.true_label is None
-    assert "Reviewer label" in LogEntry.objects.get(object_id=str(unsure.id)).get_change_message()
+    assert LogEntry.objects.get(object_id=str(unsure.id)).get_change_message() == "Changed reviewer label to 8."
+    assert LogEntry.objects.get(object_id=str(disputed.id)).get_change_message() == "Marked not a digit."
     assert listed(admin_client.get(CHANGELIST, {"review": "needed"})) == {old.id}
 
 
@@ -274,6 +280,7 @@ def test_change_page_shows_drawing_input_chart_and_feedback(admin_client, mixed)
     assert '<strong class="feedback-disagrees"><span aria-hidden="true">✗</span> 1' in html
     form = response.context["adminform"].form
     assert set(form.fields) == {"true_label", "is_excluded"}
+    assert '<div class="readonly">None</div>' not in html  # not reviewed yet: the admin's "-"
 
 
 @pytest.mark.django_db
@@ -286,7 +293,8 @@ def test_change_page_relabels_and_ignores_read_only_fields(admin_client, admin_u
     drawing.refresh_from_db()
     assert (drawing.true_label, drawing.predicted_label, drawing.confidence) == (9, 3, 0.41)
     assert drawing.reviewed_by == admin_user and drawing.reviewed_at is not None
-    assert LogEntry.objects.filter(object_id=str(drawing.id), action_flag=CHANGE).exists()
+    entry = LogEntry.objects.get(object_id=str(drawing.id), action_flag=CHANGE)
+    assert entry.get_change_message() == "Changed reviewer label to 9."
 
 
 @pytest.mark.django_db
@@ -477,3 +485,289 @@ def test_ten_thousand_drawings_list_in_a_constant_number_of_queries(
         assert admin_client.get(DASHBOARD).status_code == 200
     with django_assert_max_num_queries(6):
         assert admin_client.get(reverse("admin:predictor_modelversion_changelist")).status_code == 200
+
+
+# The review queue, as a reviewer meets it.
+
+
+class Controls(HTMLParser):
+    """The form controls, ids and links of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.controls, self.ids, self.links = [], set(), []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag in ("input", "select", "textarea") and attrs.get("type") != "hidden":
+            self.controls.append(attrs)
+        if tag == "a" and attrs.get("href"):
+            self.links.append(attrs["href"])
+
+
+def parse(response) -> Controls:
+    assert response.status_code == 200, response.content[:500]
+    page = Controls()
+    page.feed(response.content.decode())
+    return page
+
+
+@pytest.mark.django_db
+def test_every_control_in_a_queue_row_has_a_name_and_describes_only_what_is_on_the_page(admin_client, mixed):
+    page = parse(admin_client.get(CHANGELIST, {"review": "needed"}))
+    rows = [c for c in page.controls if c.get("name", "").startswith("form-")]
+
+    assert len(rows) == 2 * 3  # a reviewer label and "not a digit" in each of the three queued rows
+    labels = {c["name"]: c.get("aria-label") for c in rows}
+    prefix = next(name.removesuffix("-true_label") for name in labels if name.endswith("-true_label"))
+    assert labels[f"{prefix}-true_label"].startswith("Reviewer label for the drawing read as ")
+    assert labels[f"{prefix}-is_excluded"].startswith("Not a digit: the drawing read as ")
+    read_as = {label.rsplit(" ", 1)[1] for label in labels.values()}
+    assert read_as == {"3", "7", "8"}  # each control names its own row's drawing
+    for control in page.controls:
+        for target in control.get("aria-describedby", "").split():
+            assert target in page.ids, f"{control.get('name')} is described by #{target}, which is not on the page"
+
+
+@pytest.mark.django_db
+def test_queue_rows_are_ordered_as_their_headings_say(admin_client, mixed):
+    cl = admin_client.get(CHANGELIST).context["cl"]
+    sorted_columns = {cl.list_display[index]: order for index, order in cl.get_ordering_field_columns().items()}
+    assert sorted_columns == {"confidence_percent": "asc"}  # not "created", which the rows are not sorted by
+
+
+@pytest.mark.django_db
+def test_keyboard_review_is_a_module_script_loaded_only_with_editable_rows(admin_client, client, mixed):
+    html = admin_client.get(CHANGELIST).content.decode()
+    script = f'<script type="module" src="{settings.STATIC_URL}js/admin-review.js"></script>'
+    assert script.replace(settings.STATIC_URL, "/" + settings.STATIC_URL.lstrip("/")) in html
+    assert "addEventListener" not in html  # no inline copy left behind
+
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_drawing"))
+    client.force_login(viewer)
+    assert "admin-review.js" not in client.get(CHANGELIST).content.decode()
+
+
+@pytest.mark.django_db
+def test_an_empty_queue_says_there_is_nothing_to_review(admin_client, mixed):
+    for key in ("unsure", "disputed", "old"):
+        run_action(admin_client, "confirm_prediction", [mixed[key]])
+
+    response = admin_client.get(CHANGELIST, {"review": "needed"})
+    html = response.content.decode()
+    assert response.status_code == 200 and response.context["cl"].result_count == 0
+    assert "<h2>Nothing to review</h2>" in html
+    assert f'<a href="{CHANGELIST}">See all drawings</a>' in html
+    # No empty table, no actions or keyboard help for rows that are not there.
+    assert 'id="result_list"' not in html and 'name="action"' not in html and 'id="review-keys"' not in html
+
+
+@pytest.mark.django_db
+def test_an_empty_search_or_an_empty_site_says_so(admin_client, mixed):
+    html = admin_client.get(CHANGELIST, {"q": "no such drawing"}).content.decode()
+    assert "<h2>No drawings match</h2>" in html and "Nothing to review" not in html
+
+    Drawing.objects.all().delete()
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert "<h2>No drawings yet</h2>" in html and 'id="result_list"' not in html
+
+
+@pytest.mark.django_db
+def test_reviewer_is_never_shown_a_link_that_refuses_them(reviewer_client, reviewer, admin_user, mixed):
+    assert run_action(reviewer_client, "relabel_as_3", [mixed["unsure"]]).status_code == 200
+    mixed["old"].reviewed_by, mixed["old"].true_label = admin_user, 8
+    mixed["old"].save()
+    reviewed_by_admin = reverse("admin:predictor_drawing_change", args=[mixed["old"].id])
+
+    pages = [
+        reverse("admin:index"),
+        DASHBOARD,
+        reverse("admin:predictor_modelversion_changelist"),
+        CHANGELIST,
+        CHANGELIST + "?review=reviewed",
+        reverse("admin:predictor_drawing_change", args=[mixed["unsure"].id]),
+        reviewed_by_admin,
+        reverse("admin:predictor_modelversion_change", args=[mixed["old"].model_version_id]),
+    ]
+    checked = set()
+    for url in pages:
+        page = parse(reviewer_client.get(url))
+        for href in page.links:
+            if not href.startswith("/admin/") or href in checked:
+                continue
+            checked.add(href)
+            assert reviewer_client.get(href).status_code != 403, f"{url} links to {href}, which refuses a reviewer"
+    change_page = reviewer_client.get(reviewed_by_admin).content.decode()
+    assert admin_user.get_username() in change_page  # who reviewed it is still said, as text
+    assert reverse("admin:auth_user_change", args=[admin_user.pk]) not in change_page
+
+
+@pytest.mark.django_db
+def test_history_of_a_keyboard_or_in_place_review_says_the_new_label(reviewer_client, reviewer, mixed):
+    page = reviewer_client.get(CHANGELIST, {"review": "needed"})
+    data = changelist_formset_data(page)
+    data[f"{form_prefix(page, mixed['unsure'])}-true_label"] = "3"
+    data[f"{form_prefix(page, mixed['old'])}-is_excluded"] = "on"
+    assert reviewer_client.post(CHANGELIST + "?review=needed", data).status_code == 302
+
+    page = reviewer_client.get(CHANGELIST, {"review": "reviewed"})
+    data = changelist_formset_data(page)
+    data[f"{form_prefix(page, mixed['relabelled'])}-true_label"] = ""  # sent back to the queue
+    assert reviewer_client.post(CHANGELIST + "?review=reviewed", data).status_code == 302
+
+    messages = {entry.object_id: entry.get_change_message() for entry in LogEntry.objects.filter(user=reviewer)}
+    assert messages == {
+        str(mixed["unsure"].id): "Changed reviewer label to 3.",
+        str(mixed["old"].id): "Marked not a digit.",
+        str(mixed["relabelled"].id): "Cleared the reviewer label.",
+    }
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "query, condition",
+    [
+        ({"review": "needed"}, selectors.review_queue_q()),
+        ({"review": "unreviewed"}, selectors.unreviewed_q()),
+        ({"review": "reviewed"}, selectors.reviewed_q()),
+        ({"review": "disputed"}, selectors.disputed_q()),
+        ({"review": "mistake"}, selectors.mistake_q()),
+        ({"dataset": "yes"}, selectors.finetuning_dataset_q()),
+    ],
+)
+def test_review_filters_mean_what_the_selectors_mean(admin_client, mixed, query, condition):
+    meant = set(Drawing.objects.filter(condition).values_list("id", flat=True))
+    assert listed(admin_client.get(CHANGELIST, query)) == meant
+
+
+@pytest.mark.django_db
+def test_reviewed_and_unreviewed_split_every_drawing_in_two(mixed):
+    reviewed = set(Drawing.objects.filter(selectors.reviewed_q()).values_list("id", flat=True))
+    unreviewed = set(Drawing.objects.filter(selectors.unreviewed_q()).values_list("id", flat=True))
+    assert reviewed == names(mixed, "relabelled", "confirmed", "excluded")
+    assert reviewed | unreviewed == {d.id for d in mixed.values()} and not reviewed & unreviewed
+
+
+# The model version page.
+
+BASE_METRICS = json.loads((settings.BASE_DIR / "training" / "artifacts" / "base" / "metrics.json").read_text())
+
+
+def retrained_version(parent, version=2, **metrics):
+    """A version with the metrics and training data `manage.py retrain` records."""
+    return ModelVersion.objects.create(
+        version=version,
+        tflite=f"v{version}/model.tflite",
+        keras=f"v{version}/model.keras",
+        parent=parent,
+        metrics={
+            "params": 141098,
+            "tflite_bytes": 566208,
+            "tflite_max_abs_diff": 5e-7,
+            "seed": 1,
+            "config": {"epochs": 5},
+            "heldout_accuracy": 0.9,
+            "mnist_test_accuracy": 0.9961,
+            "train_accuracy": 0.97,
+            "mnist_test_loss": 0.012,
+            "per_class_accuracy": [0.99] * 10,
+            "heldout_size": 10,
+            "before": {"version": parent.version, "heldout_accuracy": 0.8, "mnist_test_accuracy": 0.9965},
+            "gate": {
+                "passed": True,
+                "forced": False,
+                "reasons": ["held-out reviewed drawings: 80.0% -> 90.0% (not worse)"],
+                "mnist_margin": 0.002,
+            },
+            "fit_seconds": 41.2,
+            "train_seconds": 63.9,
+            **metrics,
+        },
+        training_data={
+            "drawing_ids": ["a", "b"],
+            "heldout_ids": ["c"],
+            "skipped": [],
+            "sizes": {"reviewed": 50, "skipped": 0, "train": 40, "heldout": 10, "replay": 5000, "mnist_test": 10000},
+        },
+        notes="Retrained from v1: gate passed.",
+    )
+
+
+def version_page(client, version) -> str:
+    response = client.get(reverse("admin:predictor_modelversion_change", args=[version.id]))
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def outside_details(html: str) -> str:
+    return re.sub(r"<details.*?</details>", "", html, flags=re.DOTALL)
+
+
+@pytest.mark.django_db
+def test_base_version_page_shows_accuracies_curves_and_confusion_as_pictures(reviewer_client, model_version):
+    model_version.metrics = BASE_METRICS
+    model_version.save()
+    html = version_page(reviewer_client, model_version)
+    readable = outside_details(html)
+
+    for shown in ("99.65%", "98.18%", "99.52%", "10,000", "5,000", "141,098", "566 KB", "12.5 min", "79,000"):
+        assert shown in readable, shown
+    assert readable.count('<svg class="chart" role="img"') == 4  # loss and accuracy curves, two confusion matrices
+    assert "Loss per epoch" in readable and "kept: epoch 11" in readable
+    assert "9965 of 10000 right" in readable  # the MNIST test confusion matrix, described in words
+    assert "None: the gate judges a retrained version" in readable
+    assert "nothing: trained from scratch" in readable
+    # The raw record is there, in a closed <details>, and nowhere else.
+    assert "&quot;per_class_accuracy_canvas&quot;" in html and "per_class_accuracy_canvas" not in readable
+    assert re.search(r"<details>\s*<summary>.*Raw record", html, flags=re.DOTALL)
+
+
+@pytest.mark.django_db
+def test_retrained_version_page_compares_with_its_parent_and_links_its_ancestry(reviewer_client, model_version):
+    second = retrained_version(model_version)
+    third = retrained_version(
+        second,
+        version=3,
+        heldout_accuracy=0.85,
+        gate={"passed": False, "forced": True, "reasons": ["held-out: 90.0% -> 85.0% (worse)"]},
+    )
+    html = outside_details(version_page(reviewer_client, third))
+
+    assert "before (v2)" in html  # its parent, as the retrain command recorded it
+    assert "+5.00 points" in html and "-0.04 points" in html
+    assert "Failed, and served anyway (--force)." in html and "<li>held-out: 90.0% -&gt; 85.0% (worse)</li>" in html
+    lineage = re.search(r'<span class="lineage">(.*?)</span>', html).group(1)
+    links = re.findall(r'<a href="([^"]+)">(v\d[^<]*)</a>', lineage)
+    assert links == [
+        (reverse("admin:predictor_modelversion_change", args=[second.id]), "v2"),
+        (reverse("admin:predictor_modelversion_change", args=[model_version.id]), "v1 (active)"),
+    ]
+    for shown in ("reviewed drawings held out to judge it", "5,000", "41 s", "64 s"):
+        assert shown in html, shown
+    assert html.count("Not recorded for this version.") == 2  # no curves and no confusion matrix from retrain
+
+
+@pytest.mark.django_db
+def test_version_page_copes_with_missing_odd_and_hostile_metrics(admin_client, model_version):
+    model_version.metrics = {}
+    model_version.save()
+    assert "Not recorded for this version." in version_page(admin_client, model_version)
+
+    model_version.metrics = {
+        "history": {"loss": "much", "<b>val</b>": [1, None, "2"]},
+        "confusion": [[1, 2], [3]],
+        "confusion_canvas": [[1, -2], [3, 4]],
+        "mnist_test_accuracy": "high",
+        "gate": {"passed": False, "reasons": ["<script>alert(1)</script>"]},
+        "before": [],
+        "tflite_bytes": None,
+    }
+    model_version.notes = "<img src=x onerror=alert(1)>"
+    model_version.save()
+    html = version_page(admin_client, model_version)
+    assert "<script>alert(1)" not in html and "<img src=x" not in html and "<b>val</b>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in outside_details(html)
+    assert outside_details(html).count('<svg class="chart"') == 0  # nothing drawable: no half-drawn pictures
