@@ -10,7 +10,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from predictor import services
 from predictor.models import Drawing
-from predictor.preprocessing import PreprocessingError, decode_payload
+from predictor.imagefile import PreprocessingError, decode_payload
 
 # The HTTP status and code each kind of DRF failure is reported with.
 ERROR_CODES = {

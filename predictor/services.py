@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from predictor.inference import Classifier, ModelLoadError
 from predictor.models import Drawing, ModelVersion
-from predictor.preprocessing import image_header, preprocess
+from predictor.imagefile import image_header
+from predictor.preprocessing import preprocess
 
 VISITOR_SESSION_KEY = "visitor"
 
