@@ -11,7 +11,7 @@ from django.core.management import call_command
 from PIL import Image, ImageDraw
 from rest_framework.test import APIClient
 
-from predictor import services
+from predictor import model_cache, services
 
 MNIST_PATH = settings.BASE_DIR / "training" / "data" / "mnist.npz"
 
@@ -21,16 +21,16 @@ def fresh_model_state(settings, tmp_path):
     """Give each test its own media and model folders and a process with no model loaded."""
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.DIGIT_MODEL_ROOT = tmp_path / "models"
-    services.forget_loaded_models()
+    model_cache.forget_loaded_models()
     yield
-    services.forget_loaded_models()
+    model_cache.forget_loaded_models()
 
 
 @pytest.fixture
 def active_model(db):
     """Register the shipped base model (as `make run` does) and return its ModelVersion."""
     call_command("register_base_model", stdout=io.StringIO())
-    version, _ = services.active_classifier()
+    version, _ = model_cache.active_classifier()
     return version
 
 
@@ -109,8 +109,6 @@ def png16(image, channels):
     else:
         pixels = cv2.cvtColor(np.asarray(image.convert("RGBA")), cv2.COLOR_RGBA2BGRA)
     return cv2.imencode(".png", pixels.astype(np.uint16) * 257)[1].tobytes()
-
-
 
 
 @pytest.fixture
