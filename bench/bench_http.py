@@ -267,7 +267,8 @@ def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
 
     from predictor import preprocessing, services
     from predictor.api import PredictionOutputSerializer
-    from predictor.preprocessing import decode_payload, preprocess
+    from predictor.imagefile import decode_payload
+    from predictor.preprocessing import preprocess
 
     logging.getLogger("django.request").setLevel(logging.ERROR)  # the refused requests below are expected
     client = Client(HTTP_HOST="localhost")

@@ -19,8 +19,9 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from predictor.imagefile import decode_payload  # noqa: E402
 from predictor.inference import Classifier  # noqa: E402
-from predictor.preprocessing import decode_payload, preprocess  # noqa: E402
+from predictor.preprocessing import preprocess  # noqa: E402
 
 DEFAULT_MODEL = PROJECT_ROOT / "training" / "artifacts" / "base" / "model.tflite"
 CANVAS_SIZES = (280, 1000)

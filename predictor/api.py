@@ -8,9 +8,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from predictor import services
+from predictor import selectors, services
+from predictor.imagefile import PreprocessingError, decode_payload
+from predictor.model_cache import ModelUnavailable
 from predictor.models import Drawing
-from predictor.preprocessing import PreprocessingError, decode_payload
 
 # The HTTP status and code each kind of DRF failure is reported with.
 ERROR_CODES = {
@@ -30,6 +31,8 @@ ERROR_CODES = {
 GENERIC_VALIDATION_CODES = {
     "invalid", "required", "null", "blank", "min_value", "max_value", "max_string_length", "not_a_list",
 }
+
+NOT_FOUND = "No such prediction, or it was made in another browser session."
 
 
 class ClientRateThrottle(throttling.ScopedRateThrottle):
@@ -70,8 +73,10 @@ def exception_handler(exc, context):
     """Return every API error as {"code": ..., "detail": <a sentence a person can act on>}."""
     if isinstance(exc, PreprocessingError):
         exc = exceptions.ValidationError([str(exc)], code=exc.code)
-    elif isinstance(exc, services.ModelUnavailable):
+    elif isinstance(exc, ModelUnavailable):
         exc = ServiceUnavailable(str(exc))
+    elif isinstance(exc, Drawing.DoesNotExist):  # selectors.drawing_get: missing, or not this visitor's
+        exc = exceptions.NotFound(NOT_FOUND)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -166,14 +171,11 @@ class PredictionDetailApi(APIView):
 
     @extend_schema(responses={200: PredictionOutputSerializer})
     def get(self, request, drawing_id):
-        try:
-            drawing = services.drawing_get(
-                drawing_id=drawing_id,
-                visitor=services.visitor_for_session(request.session, create=False),
-                staff=request.user.is_staff and request.user.has_perm("predictor.view_drawing"),
-            )
-        except Drawing.DoesNotExist:
-            raise exceptions.NotFound("No such prediction, or it was made in another browser session.")
+        drawing = selectors.drawing_get(
+            drawing_id=drawing_id,
+            visitor=services.visitor_for_session(request.session, create=False),
+            user=request.user,
+        )
         return Response(PredictionOutputSerializer(drawing).data)
 
 
@@ -208,12 +210,10 @@ class PredictionFeedbackApi(APIView):
     def post(self, request, drawing_id):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        try:
-            drawing = services.drawing_get(
-                drawing_id=drawing_id, visitor=services.visitor_for_session(request.session, create=False)
-            )
-        except Drawing.DoesNotExist:
-            raise exceptions.NotFound("No such prediction, or it was made in another browser session.")
+        # Only the visitor who made the drawing gives feedback on it: no `user`, so staff are not let in.
+        drawing = selectors.drawing_get(
+            drawing_id=drawing_id, visitor=services.visitor_for_session(request.session, create=False)
+        )
         label = serializer.validated_data.get("label", drawing.predicted_label)
         drawing = services.drawing_give_feedback(drawing=drawing, label=label)
         return Response(PredictionOutputSerializer(drawing).data)

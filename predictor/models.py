@@ -10,7 +10,8 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from predictor.preprocessing import IMAGE_SIZE, encode_png
+from predictor.imagefile import encode_png
+from predictor.preprocessing import IMAGE_SIZE
 
 DIGIT_CHOICES = [(digit, str(digit)) for digit in range(10)]
 

@@ -1,10 +1,13 @@
-"""Read-only queries for the review queue, the fine-tuning dataset and the model dashboard."""
+"""Read-only queries: a visitor's drawings, the active model, the review queue, the dataset and the dashboard."""
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from uuid import UUID
 
 import numpy as np
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
 from django.db.models import Count, F, Q, QuerySet
 
 from predictor.inference import NUM_CLASSES
@@ -180,3 +183,35 @@ def drawing_inputs(drawings: Iterable[Drawing]) -> Iterator[tuple[Drawing, np.nd
             yield drawing, None, str(error)
         else:
             yield drawing, pixels.astype(np.uint8), ""
+
+
+def drawing_get(
+    *, drawing_id: UUID | str, visitor: str | None, user: AbstractBaseUser | AnonymousUser | None = None
+) -> Drawing:
+    """Return the drawing to the visitor who made it, or to `user` if staff with predictor.view_drawing.
+
+    Anyone else gets Drawing.DoesNotExist, as if it did not exist: who made which drawing is not told.
+    """
+    drawings = Drawing.objects.select_related("model_version")
+    if user is not None and user.is_staff and user.has_perm("predictor.view_drawing"):
+        return drawings.get(id=drawing_id)
+    if visitor is None:
+        raise Drawing.DoesNotExist("A visitor without drawings asked for one.")
+    return drawings.get(id=drawing_id, visitor=visitor)
+
+
+def drawing_history(*, visitor: str | None) -> QuerySet[Drawing]:
+    """Return this visitor's drawings, newest first."""
+    if visitor is None:
+        return Drawing.objects.none()
+    return Drawing.objects.filter(visitor=visitor).select_related("model_version").order_by("-created_at")
+
+
+def model_version_active_id() -> int | None:
+    """Return the id of the active ModelVersion (one indexed query), or None when none is active."""
+    return ModelVersion.objects.filter(is_active=True).values_list("id", flat=True).first()
+
+
+def model_version_get(*, version_id: int) -> ModelVersion | None:
+    """Return the ModelVersion with this id, or None if it no longer exists."""
+    return ModelVersion.objects.filter(id=version_id).first()

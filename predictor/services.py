@@ -1,7 +1,10 @@
-"""The operations the API, pages, admin and commands perform; the only code joining the ORM and the model."""
+"""What the API, pages, admin and commands do: every write, the visitor's id, and the health check.
+
+The writes (drawings, reviews, the model registry) are atomic. Reads live in `predictor.selectors`, and
+the classifier each process serves in `predictor.model_cache`.
+"""
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -12,26 +15,19 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
-from django.db.models import Max, QuerySet
+from django.db.models import Max
 from django.utils import timezone
 
-from predictor.inference import Classifier, ModelLoadError
+from predictor import model_cache
+from predictor.imagefile import image_header
+from predictor.inference import Classifier
+from predictor.model_cache import ModelUnavailable, active_classifier
 from predictor.models import Drawing, ModelVersion
-from predictor.preprocessing import image_header, preprocess
+from predictor.preprocessing import preprocess
 
 VISITOR_SESSION_KEY = "visitor"
 
 logger = logging.getLogger(__name__)
-
-
-class ModelUnavailable(Exception):
-    """No model can answer right now; str() says why and what to do."""
-
-
-# Per process: the loaded classifiers by ModelVersion id, and when the active id was last checked.
-_classifiers: dict[int, tuple[ModelVersion, Classifier]] = {}
-_active = {"id": None, "checked_at": float("-inf")}
-_lock = threading.Lock()
 
 
 def visitor_for_session(session, *, create: bool) -> str | None:
@@ -41,54 +37,6 @@ def visitor_for_session(session, *, create: bool) -> str | None:
         visitor = uuid.uuid4().hex
         session[VISITOR_SESSION_KEY] = visitor
     return visitor
-
-
-def _active_version_id() -> int | None:
-    """Return the id of the active ModelVersion, asking the database at most once per check interval."""
-    # One indexed query per worker per interval: every worker follows the registry, the one source of
-    # truth, within DIGIT_MODEL_CHECK_SECONDS of an activation, and never serves a rolled-back one.
-    now = time.monotonic()
-    if now - _active["checked_at"] >= settings.DIGIT_MODEL_CHECK_SECONDS:
-        version_id = ModelVersion.objects.filter(is_active=True).values_list("id", flat=True).first()
-        _active.update(id=version_id, checked_at=now)
-    return _active["id"]
-
-
-def active_classifier() -> tuple[ModelVersion, Classifier]:
-    """Return the active ModelVersion and its Classifier, loading it once per process and version."""
-    version_id = _active_version_id()
-    if version_id is None:
-        raise ModelUnavailable(
-            "No model version is active. Register the shipped model with "
-            "`python manage.py register_base_model` or activate one with `python manage.py activate_model N`."
-        )
-    loaded = _classifiers.get(version_id)
-    if loaded is not None:
-        return loaded
-    with _lock:
-        if version_id not in _classifiers:
-            version = ModelVersion.objects.filter(id=version_id).first()
-            if version is None:  # deleted since the last check: ask the database again next time
-                _active.update(checked_at=float("-inf"))
-                raise ModelUnavailable("The active model version was removed; retry in a moment.")
-            try:
-                classifier = Classifier(version.tflite.path)
-            except ModelLoadError as error:
-                logger.error("Model version %s cannot be loaded: %s", version.version, error)
-                # The public reason names the file as stored (v1/model.tflite), not the server's path.
-                reason = str(error).replace(version.tflite.path, version.tflite.name)
-                raise ModelUnavailable(f"Model version {version.version} cannot be loaded: {reason}") from error
-            # Keep only the newly active classifier: old versions are not served again until reactivated.
-            _classifiers.clear()
-            _classifiers[version_id] = (version, classifier)
-        return _classifiers[version_id]
-
-
-def forget_loaded_models() -> None:
-    """Drop this process's loaded classifiers and cached active version (used after registry changes in tests)."""
-    with _lock:
-        _classifiers.clear()
-        _active.update(id=None, checked_at=float("-inf"))
 
 
 def drawing_create(*, data: bytes, visitor: str) -> Drawing:
@@ -120,23 +68,6 @@ def drawing_create(*, data: bytes, visitor: str) -> Drawing:
         drawing.image.delete(save=False)
         raise
     return drawing
-
-
-def drawing_get(*, drawing_id, visitor: str | None, staff: bool = False) -> Drawing:
-    """Return the drawing if this visitor made it (or `staff` may see it); Drawing.DoesNotExist otherwise."""
-    drawings = Drawing.objects.select_related("model_version")
-    if staff:
-        return drawings.get(id=drawing_id)
-    if visitor is None:
-        raise Drawing.DoesNotExist
-    return drawings.get(id=drawing_id, visitor=visitor)
-
-
-def drawing_history(*, visitor: str | None) -> QuerySet[Drawing]:
-    """Return this visitor's drawings, newest first."""
-    if visitor is None:
-        return Drawing.objects.none()
-    return Drawing.objects.filter(visitor=visitor).select_related("model_version").order_by("-created_at")
 
 
 @transaction.atomic
@@ -187,7 +118,7 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
     ModelVersion.objects.filter(id=version.id).update(is_active=True)
     version.is_active = True
     # This process looks again at once; other workers within DIGIT_MODEL_CHECK_SECONDS.
-    _active.update(checked_at=float("-inf"))
+    model_cache.check_active_version_now()
     return version
 
 

@@ -5,7 +5,7 @@ from django.http import FileResponse, Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
-from predictor import services
+from predictor import selectors, services
 from predictor.models import Drawing
 
 HISTORY_PAGE_SIZE = 24
@@ -20,7 +20,7 @@ def index(request):
 @require_safe
 def history(request):
     """Return a page of this visitor's drawings, newest first."""
-    drawings = services.drawing_history(visitor=services.visitor_for_session(request.session, create=False))
+    drawings = selectors.drawing_history(visitor=services.visitor_for_session(request.session, create=False))
     page_obj = Paginator(drawings, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "predictor/history.html", {"page_obj": page_obj})
 
@@ -29,10 +29,10 @@ def history(request):
 def drawing_image(request, drawing_id):
     """Return the stored image of a drawing to the visitor who made it or to staff."""
     try:
-        drawing = services.drawing_get(
+        drawing = selectors.drawing_get(
             drawing_id=drawing_id,
             visitor=services.visitor_for_session(request.session, create=False),
-            staff=request.user.is_staff and request.user.has_perm("predictor.view_drawing"),
+            user=request.user,
         )
         image = drawing.image.open("rb")
     except (Drawing.DoesNotExist, FileNotFoundError):

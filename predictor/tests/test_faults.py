@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import OperationalError, connection
 
-from predictor import services
+from predictor import model_cache, services
 from predictor.models import Drawing
 from predictor.tests.conftest import canvas_png, data_url
 
@@ -294,7 +294,7 @@ def test_a_broken_model_file_gives_503_with_a_reason_and_recovers_without_restar
 ):
     path = Path(active_model.tflite.path)
     good = path.read_bytes()
-    services.forget_loaded_models()  # a worker that has not loaded the model yet (say, just started)
+    model_cache.forget_loaded_models()  # a worker that has not loaded the model yet (say, just started)
     break_model(path, how)
 
     refused = api_client.post(CREATE_URL, {"image": data_url(digit_png[0])}, format="json")

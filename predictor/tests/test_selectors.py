@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
+from django.contrib.auth.models import AnonymousUser, Group, User
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from predictor import selectors
-from predictor.models import ModelVersion
+from predictor.models import Drawing, ModelVersion
 from predictor.preprocessing import preprocess
 from predictor.tests.conftest import canvas_png
 
@@ -104,3 +105,42 @@ def test_drawing_inputs_recompute_from_stored_images_and_report_bad_ones(make_dr
     np.testing.assert_array_equal(pixels, preprocess(png))
     assert results[missing.id][0] is None and "gone.png" in results[missing.id][1]
     assert results[corrupt.id][0] is None and results[corrupt.id][1]
+
+
+@pytest.mark.django_db
+def test_history_lists_only_the_visitors_drawings_newest_first(make_drawing):
+    first = make_drawing(visitor="a")
+    make_drawing(visitor="b")
+    second = make_drawing(visitor="a")
+    assert list(selectors.drawing_history(visitor="a")) == [second, first]
+    assert list(selectors.drawing_history(visitor=None)) == []
+
+
+@pytest.mark.django_db
+def test_a_drawing_is_for_its_visitor_and_for_staff_allowed_to_view_drawings(make_drawing):
+    drawing = make_drawing(visitor="a")
+    reviewer = User.objects.create_user("reviewer", is_staff=True)
+    reviewer.groups.add(Group.objects.get(name="Reviewers"))
+    staff_without_permission = User.objects.create_user("clerk", is_staff=True)
+    superuser_not_staff = User.objects.create_user("owner", is_superuser=True)
+
+    assert selectors.drawing_get(drawing_id=drawing.id, visitor="a") == drawing
+    assert selectors.drawing_get(drawing_id=drawing.id, visitor=None, user=reviewer) == drawing
+    for visitor, user in [
+        ("b", None),
+        (None, None),
+        (None, AnonymousUser()),
+        ("b", staff_without_permission),
+        (None, superuser_not_staff),
+    ]:
+        with pytest.raises(Drawing.DoesNotExist):
+            selectors.drawing_get(drawing_id=drawing.id, visitor=visitor, user=user)
+
+
+@pytest.mark.django_db
+def test_the_active_model_version_is_looked_up_by_id(model_version, second_version):
+    assert selectors.model_version_active_id() == model_version.id
+    assert selectors.model_version_get(version_id=second_version.id) == second_version
+    ModelVersion.objects.update(is_active=False)
+    assert selectors.model_version_active_id() is None
+    assert selectors.model_version_get(version_id=second_version.id + 100) is None

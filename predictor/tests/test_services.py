@@ -74,15 +74,6 @@ def test_a_failed_save_leaves_no_file(active_model, digit_png, monkeypatch):
     assert not media.exists() or not [p for p in media.rglob("*") if p.is_file()]
 
 
-@pytest.mark.django_db
-def test_history_lists_only_the_visitors_drawings_newest_first(active_model, digit_png):
-    first = services.drawing_create(data=digit_png[0], visitor="a")
-    services.drawing_create(data=digit_png[0], visitor="b")
-    second = services.drawing_create(data=digit_png[0], visitor="a")
-    assert list(services.drawing_history(visitor="a")) == [second, first]
-    assert list(services.drawing_history(visitor=None)) == []
-
-
 def test_serving_a_prediction_never_imports_tensorflow(tmp_path):
     script = textwrap.dedent(
         """

@@ -7,8 +7,9 @@ import numpy as np
 from django.core.management.base import BaseCommand, CommandError
 
 from predictor import selectors
+from predictor.imagefile import encode_png
 from predictor.models import Drawing
-from predictor.preprocessing import IMAGE_SIZE, encode_png
+from predictor.preprocessing import IMAGE_SIZE
 
 FORMATS = ("npz", "csv", "png")
 MANIFEST_FIELDS = (
