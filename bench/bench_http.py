@@ -265,7 +265,7 @@ def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
 
     from django.test import Client
 
-    from predictor import preprocessing, services
+    from predictor import model_cache, preprocessing, services
     from predictor.api import PredictionOutputSerializer
     from predictor.imagefile import decode_payload
     from predictor.preprocessing import preprocess
@@ -274,7 +274,7 @@ def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
     client = Client(HTTP_HOST="localhost")
     bodies = [json.dumps({"image": url}) for url in urls]
     images = [decode_payload(url) for url in urls]
-    _, classifier = services.active_classifier()
+    _, classifier = model_cache.active_classifier()
     pixels = preprocess(images[0])
     drawing = services.drawing_create(data=images[0], visitor="breakdown")
     parts = {
