@@ -265,7 +265,7 @@ def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
 
     from django.test import Client
 
-    from predictor import model_cache, preprocessing, services
+    from predictor import imagefile, model_cache, services
     from predictor.api import PredictionOutputSerializer
     from predictor.imagefile import decode_payload
     from predictor.preprocessing import preprocess
@@ -286,7 +286,7 @@ def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
         ),
         "  GET /api/health/ (1 query)": lambda n: client.get("/api/health/"),
         "  decode_payload (base64)": lambda n: decode_payload(urls[n % len(urls)]),
-        "  PNG decode as served (libspng)": lambda n: preprocessing._decode_canvas_png(images[n % len(images)]),
+        "  PNG decode as served (libspng)": lambda n: imagefile._decode_canvas_png(images[n % len(images)]),
         "  PNG decode by OpenCV (the fallback)": lambda n: cv2.imdecode(np.frombuffer(images[n % len(images)], np.uint8), -1),
         "  preprocess (decode included)": lambda n: preprocess(images[n % len(images)]),
         "  inference (Classifier.predict)": lambda n: classifier.predict(pixels),
