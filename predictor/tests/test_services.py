@@ -62,18 +62,6 @@ def test_at_most_one_version_can_be_active(active_model):
         ModelVersion.objects.filter(id=second.id).update(is_active=True)
 
 
-@pytest.mark.django_db
-def test_a_failed_save_leaves_no_file(active_model, digit_png, monkeypatch):
-    def fail(*args, **kwargs):
-        raise RuntimeError("database went away")
-
-    monkeypatch.setattr(Drawing, "save", fail)
-    with pytest.raises(RuntimeError):
-        services.drawing_create(data=digit_png[0], visitor="v")
-    media = settings.MEDIA_ROOT / "drawings"
-    assert not media.exists() or not [p for p in media.rglob("*") if p.is_file()]
-
-
 def test_serving_a_prediction_never_imports_tensorflow(tmp_path):
     script = textwrap.dedent(
         """
