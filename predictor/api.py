@@ -1,9 +1,13 @@
 """The JSON API: thin views that check input, call one service and shape the answer."""
 
+import io
+import re
+
+from django.core.exceptions import SuspiciousOperation
 from django.core.files.uploadedfile import UploadedFile
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_field
-from rest_framework import exceptions, serializers, status, throttling
+from rest_framework import exceptions, parsers, serializers, status, throttling
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -34,6 +38,17 @@ GENERIC_VALIDATION_CODES = {
 
 NOT_FOUND = "No such prediction, or it was made in another browser session."
 
+# The API's bodies are flat objects. Deeper nesting is refused before the body is parsed: Python's JSON
+# parser, and anything walking what it returns, fails with a RecursionError at about a thousand levels.
+MAX_JSON_DEPTH = 32
+JSON_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+TOO_DEEP = (
+    f"The JSON body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep; "
+    'send one flat object, such as {"image": "data:image/png;base64,..."}.'
+)
+
 
 class ClientRateThrottle(throttling.ScopedRateThrottle):
     """DRF's per-client scoped throttle, but every refusal says when to come back (Retry-After)."""
@@ -42,6 +57,61 @@ class ClientRateThrottle(throttling.ScopedRateThrottle):
         # DRF gives no wait once a client's history holds more than the limit, which happens when
         # workers record requests concurrently; the limit's oldest counted request still expires.
         return max(1.0, self.history[self.num_requests - 1] + self.duration - self.now)
+
+
+def _json_nested_deeper_than(body: bytes, depth: int) -> bool:
+    """Return whether the JSON text `body` nests arrays or objects more than `depth` levels deep.
+
+    Exact for valid JSON, in a few passes over bytes in C (a loop in Python over a hostile body of
+    megabytes would cost seconds): strings and escapes are cut out, braces count as brackets, and each
+    pass peels off the innermost pairs, one level. Invalid JSON is for the parser to refuse.
+    """
+    if body.count(b"[") + body.count(b"{") <= depth:
+        return False
+    if b"\\" in body:
+        body = JSON_ESCAPE.sub(b"", body)
+    brackets = b"".join(body.split(b'"')[::2]).translate(BRACES_AS_BRACKETS, NOT_BRACKETS)
+    for peeled in range(depth + 1):
+        # Openers in a row are nested in one another, on top of the levels already peeled off.
+        if b"[" * (depth + 1 - peeled) in brackets:
+            return True
+        if b"[]" not in brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return False
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, refusing a body nested more than MAX_JSON_DEPTH levels deep as malformed."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        body = stream.read()
+        if _json_nested_deeper_than(body, MAX_JSON_DEPTH):
+            raise exceptions.ParseError(TOO_DEEP)
+        try:
+            return super().parse(io.BytesIO(body), media_type, parser_context)
+        except RecursionError:  # brackets never closed, which the check above leaves to the parser
+            raise exceptions.ParseError(TOO_DEEP) from None
+
+
+class MultiPartParser(parsers.MultiPartParser):
+    """DRF's multipart parser, reading fields as UTF-8 and refusing too many parts as malformed."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        # The charset a client declares is ignored: the fields are a file or ASCII base64, and some
+        # codecs Python knows (idna) fail inside Django's parser with a server error.
+        context = {**(parser_context or {}), "encoding": "utf-8"}
+        try:
+            return super().parse(stream, media_type, context)
+        except SuspiciousOperation:  # more fields or files than Django accepts, or a broken part
+            raise exceptions.ParseError(
+                "The multipart body has too many fields or files, or a malformed part; "
+                "send one field named image."
+            ) from None
+
+
+# Both endpoints that take a body read it with these.
+PARSERS = [JSONParser, MultiPartParser]
 
 
 class ServiceUnavailable(exceptions.APIException):
@@ -145,6 +215,7 @@ class PredictionOutputSerializer(serializers.Serializer):
 class PredictionCreateApi(APIView):
     """Read a drawing: store it and answer with what the model sees."""
 
+    parser_classes = PARSERS
     throttle_classes = [ClientRateThrottle]
     throttle_scope = "predictions"
     invalid_input_code = "invalid_image"
@@ -182,6 +253,7 @@ class PredictionDetailApi(APIView):
 class PredictionFeedbackApi(APIView):
     """The visitor says whether the prediction was right; a reviewer decides later."""
 
+    parser_classes = PARSERS
     throttle_classes = [ClientRateThrottle]
     throttle_scope = "feedback"
     invalid_input_code = "invalid_label"
