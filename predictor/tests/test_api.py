@@ -1,11 +1,13 @@
 import base64
+import logging
 import struct
 import zlib
 
 import cv2
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.contrib.auth.models import Group, User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import OperationalError, connection
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -186,6 +188,56 @@ def test_health_is_503_with_a_reason_without_a_model(api_client):
     response = api_client.get("/api/health/")
     assert response.status_code == 503
     assert response.json()["status"] == "unavailable" and "model" in response.json()["detail"]
+
+
+def staff_client() -> APIClient:
+    client = APIClient()
+    client.force_login(User.objects.create_user("operator", is_staff=True))
+    return client
+
+
+@pytest.mark.django_db
+def test_health_tells_staff_why_the_model_is_unavailable_and_strangers_only_that_it_is(api_client, caplog):
+    public = api_client.get("/api/health/").json()
+    assert public == {
+        "status": "unavailable",
+        "database": "ok",
+        "model_version": None,
+        "detail": "The model is unavailable; the reason is in the server log.",
+    }
+    staff = staff_client().get("/api/health/")
+    assert staff.status_code == 503 and "register_base_model" in staff.json()["detail"]
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and "register_base_model" in r.getMessage()]
+    assert len(logged) == 2  # one line for each failed check
+
+
+DRIVER_ERROR = (
+    'connection to server at "db.internal" (10.0.0.5), port 5432 failed: '
+    'FATAL: password authentication failed for user "digit"'
+)
+
+
+@pytest.mark.django_db
+def test_health_keeps_the_database_error_for_the_log(api_client, active_model, monkeypatch, caplog):
+    staff = staff_client()
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError(DRIVER_ERROR)
+
+    # Every query fails from here, the staff user's own included: staff are not recognised then.
+    monkeypatch.setattr(connection, "cursor", unreachable)
+    for client in (api_client, staff):
+        response = client.get("/api/health/")
+        assert response.status_code == 503
+        assert response.json() == {
+            "status": "unavailable",
+            "database": "unavailable",
+            "model_version": None,
+            "detail": "The database is unavailable; the reason is in the server log.",
+        }
+        assert b"10.0.0.5" not in response.content and b"password" not in response.content
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and DRIVER_ERROR in r.getMessage()]
+    assert len(logged) == 2
 
 
 @pytest.mark.django_db
