@@ -1,4 +1,7 @@
-"""The JSON API: thin views that check input, call one service and shape the answer."""
+"""The JSON API: thin views that check input, call one service and shape the answer.
+
+Every error is {"code", "detail"}; the OpenAPI schema documents each endpoint's errors from ERRORS.
+"""
 
 import io
 import re
@@ -6,8 +9,9 @@ import re
 from django.core.exceptions import SuspiciousOperation
 from django.core.files.uploadedfile import UploadedFile
 from django.utils.functional import SimpleLazyObject
+from drf_spectacular.renderers import OpenApiYamlRenderer
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import exceptions, parsers, serializers, status, throttling
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,7 +22,7 @@ from predictor.imagefile import PreprocessingError, decode_payload
 from predictor.model_cache import ModelUnavailable
 from predictor.models import Drawing
 
-# The HTTP status and code each kind of DRF failure is reported with.
+# The code each kind of DRF failure is reported with; the HTTP status is the exception's own.
 ERROR_CODES = {
     exceptions.ParseError: "malformed_request",
     exceptions.UnsupportedMediaType: "unsupported_media_type",
@@ -49,6 +53,40 @@ TOO_DEEP = (
     f"The JSON body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep; "
     'send one flat object, such as {"image": "data:image/png;base64,..."}.'
 )
+
+# Every error the API documents (the README's list): code -> (HTTP status, an example of its detail).
+ERRORS = {
+    "invalid_image": (400, "The file is not a PNG, JPEG or WebP image."),
+    "empty_drawing": (400, "Draw a digit first: the canvas is empty."),
+    "image_too_large": (
+        400, "The image is 60000x60000 pixels; the limit is 16,777,216 pixels (for example 4096x4096)."
+    ),
+    "invalid_label": (400, 'Send either {"label": 0-9} or {"correct": true}.'),
+    "malformed_request": (400, "JSON parse error - Expecting value: line 1 column 11 (char 10)"),
+    "permission_denied": (403, "CSRF Failed: CSRF token missing."),
+    "not_found": (404, NOT_FOUND),
+    "payload_too_large": (
+        413,
+        "The request body is 6000000 bytes; the limit is 5242880 bytes. "
+        "Send a smaller image (a canvas PNG is usually well under 100 kB).",
+    ),
+    "unsupported_media_type": (415, 'Unsupported media type "text/plain" in request.'),
+    "throttled": (429, "Request was throttled. Expected available in 12 seconds."),
+    "model_unavailable": (
+        503,
+        "No model version is active. Register the shipped model with `python manage.py register_base_model` "
+        "or activate one with `python manage.py activate_model N`.",
+    ),
+}
+ERROR_STATUSES = {
+    400: "The request cannot be read: `code` says what is wrong with it.",
+    403: "A signed-in (staff) session sent no CSRF token; anonymous visitors need none.",
+    404: "No such prediction, or it was made in another browser session.",
+    413: "The request body is larger than DIGIT_MAX_UPLOAD_BYTES (checked before it is read).",
+    415: "The body is neither JSON nor multipart/form-data.",
+    429: "Too many requests from this client; the Retry-After header says how many seconds to wait.",
+    503: "No model can answer right now: none is active, or its file cannot be loaded.",
+}
 
 
 class ClientRateThrottle(throttling.ScopedRateThrottle):
@@ -161,6 +199,37 @@ def exception_handler(exc, context):
     return response
 
 
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="What went wrong, for programs: invalid_image, not_found, ...")
+    detail = serializers.CharField(help_text="What went wrong and what to do, for people.")
+
+    class Meta:
+        ref_name = "Error"
+
+
+def error_responses(*codes: str) -> dict[int, OpenApiResponse]:
+    """Return the OpenAPI error responses of an endpoint that answers with these codes, by status."""
+    statuses = sorted({ERRORS[code][0] for code in codes})
+    return {
+        status_code: OpenApiResponse(
+            response=ErrorSerializer,
+            description=ERROR_STATUSES[status_code],
+            examples=[
+                OpenApiExample(code, value={"code": code, "detail": ERRORS[code][1]})
+                for code in codes
+                if ERRORS[code][0] == status_code
+            ],
+        )
+        for status_code in statuses
+    }
+
+
+class SchemaTextRenderer(OpenApiYamlRenderer):
+    """The OpenAPI schema as YAML labelled text/plain, so that a browser shows it rather than saving it."""
+
+    media_type = "text/plain"
+
+
 @extend_schema_field(OpenApiTypes.STR)
 class ImagePayloadField(serializers.Field):
     """A drawing as a data URL or bare base64 string (JSON), or as an uploaded file (multipart); gives bytes."""
@@ -213,6 +282,17 @@ class PredictionOutputSerializer(serializers.Serializer):
         }
 
 
+class HealthSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text='"ok", or "unavailable" when no prediction can be answered.')
+    database = serializers.CharField(help_text='"ok" or "unavailable".')
+    model_version = serializers.IntegerField(allow_null=True, help_text="The active model version; null when down.")
+    detail = serializers.CharField(
+        required=False,
+        help_text="When unavailable: which part is down. Why is in the server log (and told to staff when "
+        "the model is down).",
+    )
+
+
 class PredictionCreateApi(APIView):
     """Read a drawing: store it and answer with what the model sees."""
 
@@ -229,7 +309,17 @@ class PredictionCreateApi(APIView):
         class Meta:
             ref_name = "PredictionInput"
 
-    @extend_schema(request=InputSerializer, responses={201: PredictionOutputSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: PredictionOutputSerializer,
+            **error_responses(
+                "invalid_image", "empty_drawing", "image_too_large", "malformed_request", "permission_denied",
+                "payload_too_large", "unsupported_media_type", "throttled", "model_unavailable",
+            ),
+        },
+        auth=[],
+    )
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -241,7 +331,7 @@ class PredictionCreateApi(APIView):
 class PredictionDetailApi(APIView):
     """One prediction, to the visitor who made it or to staff."""
 
-    @extend_schema(responses={200: PredictionOutputSerializer})
+    @extend_schema(responses={200: PredictionOutputSerializer, **error_responses("not_found")}, auth=[])
     def get(self, request, drawing_id):
         drawing = selectors.drawing_get(
             drawing_id=drawing_id,
@@ -279,7 +369,17 @@ class PredictionFeedbackApi(APIView):
                 )
             return attrs
 
-    @extend_schema(request=InputSerializer, responses={200: PredictionOutputSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: PredictionOutputSerializer,
+            **error_responses(
+                "invalid_label", "malformed_request", "permission_denied", "not_found", "payload_too_large",
+                "unsupported_media_type", "throttled",
+            ),
+        },
+        auth=[],
+    )
     def post(self, request, drawing_id):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -302,7 +402,42 @@ class HealthApi(APIView):
         # which holds the users, is down.
         pass
 
-    @extend_schema(responses={200: dict, 503: dict})
+    @extend_schema(
+        responses={
+            200: OpenApiResponse(
+                HealthSerializer,
+                description="The database answers and the active model is loaded.",
+                examples=[
+                    OpenApiExample("ok", value={"status": "ok", "database": "ok", "model_version": 1}),
+                ],
+            ),
+            503: OpenApiResponse(
+                HealthSerializer,
+                description="The database or the model is down; `detail` says which.",
+                examples=[
+                    OpenApiExample(
+                        "model unavailable",
+                        value={
+                            "status": "unavailable",
+                            "database": "ok",
+                            "model_version": None,
+                            "detail": "The model is unavailable; the reason is in the server log.",
+                        },
+                    ),
+                    OpenApiExample(
+                        "database unavailable",
+                        value={
+                            "status": "unavailable",
+                            "database": "unavailable",
+                            "model_version": None,
+                            "detail": "The database is unavailable; the reason is in the server log.",
+                        },
+                    ),
+                ],
+            ),
+        },
+        auth=[],
+    )
     def get(self, request):
         health = services.health_status(user=SimpleLazyObject(lambda: request.user))
         ok = health["status"] == "ok"

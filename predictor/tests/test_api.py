@@ -1,10 +1,12 @@
 import base64
 import logging
+import re
 import struct
 import zlib
 
 import cv2
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import OperationalError, connection
@@ -294,6 +296,93 @@ def test_schema_and_docs_are_served_offline(client):
     docs = client.get("/api/docs/")
     assert docs.status_code == 200
     assert b"cdn" not in docs.content.lower() and b"unpkg" not in docs.content.lower()
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
+@pytest.mark.django_db
+def test_a_browser_is_shown_the_schema_as_text_and_clients_still_get_yaml_or_json(client):
+    in_browser = client.get("/api/schema/", headers={"Accept": BROWSER_ACCEPT})
+    assert in_browser.status_code == 200
+    assert in_browser["Content-Type"].startswith("text/plain")
+    assert not in_browser.get("Content-Disposition", "").startswith("attachment")
+    assert in_browser.content.startswith(b"openapi: 3")
+    as_json = client.get("/api/schema/", headers={"Accept": "application/json"})  # what Swagger UI asks for
+    assert as_json["Content-Type"].startswith("application/json") and as_json.json()["openapi"].startswith("3")
+    as_openapi = client.get("/api/schema/", headers={"Accept": "application/vnd.oai.openapi"})
+    assert as_openapi["Content-Type"].startswith("application/vnd.oai.openapi")
+
+
+@pytest.fixture
+def schema(client):
+    return client.get("/api/schema/", headers={"Accept": "application/json"}).json()
+
+
+def documented_errors(operation: dict) -> dict[int, set[str]]:
+    """Return {status: codes of its examples} for the error responses of one operation."""
+    errors = {}
+    for status, response in operation["responses"].items():
+        if int(status) >= 400 and "Health" not in str(response):
+            body = response["content"]["application/json"]
+            assert body["schema"] == {"$ref": "#/components/schemas/Error"}, status
+            errors[int(status)] = {example["value"]["code"] for example in body["examples"].values()}
+    return errors
+
+
+@pytest.mark.django_db
+def test_the_schema_lists_every_error_of_each_endpoint_with_its_codes(schema):
+    paths = schema["paths"]
+    assert documented_errors(paths["/api/predictions/"]["post"]) == {
+        400: {"invalid_image", "empty_drawing", "image_too_large", "malformed_request"},
+        403: {"permission_denied"},
+        413: {"payload_too_large"},
+        415: {"unsupported_media_type"},
+        429: {"throttled"},
+        503: {"model_unavailable"},
+    }
+    assert documented_errors(paths["/api/predictions/{drawing_id}/"]["get"]) == {404: {"not_found"}}
+    assert documented_errors(paths["/api/predictions/{drawing_id}/feedback/"]["post"]) == {
+        400: {"invalid_label", "malformed_request"},
+        403: {"permission_denied"},
+        404: {"not_found"},
+        413: {"payload_too_large"},
+        415: {"unsupported_media_type"},
+        429: {"throttled"},
+    }
+    health = paths["/api/health/"]["get"]["responses"]
+    assert set(health) == {"200", "503"}
+    assert health["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Health"}
+    assert schema["components"]["schemas"]["Error"]["required"] == ["code", "detail"]
+
+
+@pytest.mark.django_db
+def test_every_error_code_the_readme_lists_is_documented_with_its_status(schema):
+    readme = (settings.BASE_DIR / "README.md").read_text()
+    errors = " ".join(readme[readme.index("Errors are JSON") :].split("\n\n")[0].split())
+    listed = {
+        (int(status), code)
+        for status, codes in re.findall(r"`(\d{3})` ((?:`[a-z_]+`(?:, )?)+)", errors)
+        for code in re.findall(r"`([a-z_]+)`", codes)
+    }
+    assert len(listed) == 10, listed
+    documented = {
+        (status, code)
+        for path in schema["paths"].values()
+        for operation in path.values()
+        for status, codes in documented_errors(operation).items()
+        for code in codes
+    }
+    assert listed <= documented, listed - documented
+
+
+@pytest.mark.django_db
+def test_no_endpoint_asks_for_a_login_in_the_docs(schema):
+    assert "securitySchemes" not in schema.get("components", {})
+    assert "security" not in schema
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert "security" not in operation, (method, path)
 
 
 @pytest.mark.django_db
