@@ -54,7 +54,8 @@ TOO_DEEP = (
     'send one flat object, such as {"image": "data:image/png;base64,..."}.'
 )
 
-# Every error the API documents (the README's list): code -> (HTTP status, an example of its detail).
+# Every error the API documents (the README's list, and the CSRF refusal of a signed-in session):
+# code -> (HTTP status, an example of its detail).
 ERRORS = {
     "invalid_image": (400, "The file is not a PNG, JPEG or WebP image."),
     "empty_drawing": (400, "Draw a digit first: the canvas is empty."),
@@ -79,9 +80,9 @@ ERRORS = {
     ),
 }
 ERROR_STATUSES = {
-    400: "The request cannot be read: `code` says what is wrong with it.",
+    400: "The request is refused: `code` says what is wrong with it.",
     403: "A signed-in (staff) session sent no CSRF token; anonymous visitors need none.",
-    404: "No such prediction, or it was made in another browser session.",
+    404: NOT_FOUND,
     413: "The request body is larger than DIGIT_MAX_UPLOAD_BYTES (checked before it is read).",
     415: "The body is neither JSON nor multipart/form-data.",
     429: "Too many requests from this client; the Retry-After header says how many seconds to wait.",
