@@ -1,9 +1,18 @@
-"""The JSON API: thin views that check input, call one service and shape the answer."""
+"""The JSON API: thin views that check input, call one service and shape the answer.
 
+Every error is {"code", "detail"}; the OpenAPI schema documents each endpoint's errors from ERRORS.
+"""
+
+import io
+import re
+
+from django.core.exceptions import SuspiciousOperation
 from django.core.files.uploadedfile import UploadedFile
+from django.utils.functional import SimpleLazyObject
+from drf_spectacular.renderers import OpenApiYamlRenderer
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_field
-from rest_framework import exceptions, serializers, status, throttling
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import exceptions, parsers, serializers, status, throttling
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -13,7 +22,7 @@ from predictor.imagefile import PreprocessingError, decode_payload
 from predictor.model_cache import ModelUnavailable
 from predictor.models import Drawing
 
-# The HTTP status and code each kind of DRF failure is reported with.
+# The code each kind of DRF failure is reported with; the HTTP status is the exception's own.
 ERROR_CODES = {
     exceptions.ParseError: "malformed_request",
     exceptions.UnsupportedMediaType: "unsupported_media_type",
@@ -34,6 +43,52 @@ GENERIC_VALIDATION_CODES = {
 
 NOT_FOUND = "No such prediction, or it was made in another browser session."
 
+# The API's bodies are flat objects. Deeper nesting is refused before the body is parsed: Python's JSON
+# parser, and anything walking what it returns, fails with a RecursionError at about a thousand levels.
+MAX_JSON_DEPTH = 32
+JSON_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+TOO_DEEP = (
+    f"The JSON body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep; "
+    'send one flat object, such as {"image": "data:image/png;base64,..."}.'
+)
+
+# Every error the API documents (the README's list, and the CSRF refusal of a signed-in session):
+# code -> (HTTP status, an example of its detail).
+ERRORS = {
+    "invalid_image": (400, "The file is not a PNG, JPEG or WebP image."),
+    "empty_drawing": (400, "Draw a digit first: the canvas is empty."),
+    "image_too_large": (
+        400, "The image is 60000x60000 pixels; the limit is 16,777,216 pixels (for example 4096x4096)."
+    ),
+    "invalid_label": (400, 'Send either {"label": 0-9} or {"correct": true}.'),
+    "malformed_request": (400, "JSON parse error - Expecting value: line 1 column 11 (char 10)"),
+    "permission_denied": (403, "CSRF Failed: CSRF token missing."),
+    "not_found": (404, NOT_FOUND),
+    "payload_too_large": (
+        413,
+        "The request body is 6000000 bytes; the limit is 5242880 bytes. "
+        "Send a smaller image (a canvas PNG is usually well under 100 kB).",
+    ),
+    "unsupported_media_type": (415, 'Unsupported media type "text/plain" in request.'),
+    "throttled": (429, "Request was throttled. Expected available in 12 seconds."),
+    "model_unavailable": (
+        503,
+        "No model version is active. Register the shipped model with `python manage.py register_base_model` "
+        "or activate one with `python manage.py activate_model N`.",
+    ),
+}
+ERROR_STATUSES = {
+    400: "The request is refused: `code` says what is wrong with it.",
+    403: "A signed-in (staff) session sent no CSRF token; anonymous visitors need none.",
+    404: NOT_FOUND,
+    413: "The request body is larger than DIGIT_MAX_UPLOAD_BYTES (checked before it is read).",
+    415: "The body is neither JSON nor multipart/form-data.",
+    429: "Too many requests from this client; the Retry-After header says how many seconds to wait.",
+    503: "No model can answer right now: none is active, or its file cannot be loaded.",
+}
+
 
 class ClientRateThrottle(throttling.ScopedRateThrottle):
     """DRF's per-client scoped throttle, but every refusal says when to come back (Retry-After)."""
@@ -42,6 +97,61 @@ class ClientRateThrottle(throttling.ScopedRateThrottle):
         # DRF gives no wait once a client's history holds more than the limit, which happens when
         # workers record requests concurrently; the limit's oldest counted request still expires.
         return max(1.0, self.history[self.num_requests - 1] + self.duration - self.now)
+
+
+def _json_nested_deeper_than(body: bytes, depth: int) -> bool:
+    """Return whether the JSON text `body` nests arrays or objects more than `depth` levels deep.
+
+    Exact for valid JSON, in a few passes over bytes in C (a loop in Python over a hostile body of
+    megabytes would cost seconds): strings and escapes are cut out, braces count as brackets, and each
+    pass peels off the innermost pairs, one level. Invalid JSON is for the parser to refuse.
+    """
+    if body.count(b"[") + body.count(b"{") <= depth:
+        return False
+    if b"\\" in body:
+        body = JSON_ESCAPE.sub(b"", body)
+    brackets = b"".join(body.split(b'"')[::2]).translate(BRACES_AS_BRACKETS, NOT_BRACKETS)
+    for peeled in range(depth + 1):
+        # Openers in a row are nested in one another, on top of the levels already peeled off.
+        if b"[" * (depth + 1 - peeled) in brackets:
+            return True
+        if b"[]" not in brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return False
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, refusing a body nested more than MAX_JSON_DEPTH levels deep as malformed."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        body = stream.read()
+        if _json_nested_deeper_than(body, MAX_JSON_DEPTH):
+            raise exceptions.ParseError(TOO_DEEP)
+        try:
+            return super().parse(io.BytesIO(body), media_type, parser_context)
+        except RecursionError:  # brackets never closed, which the check above leaves to the parser
+            raise exceptions.ParseError(TOO_DEEP) from None
+
+
+class MultiPartParser(parsers.MultiPartParser):
+    """DRF's multipart parser, reading fields as UTF-8 and refusing too many parts as malformed."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        # The charset a client declares is ignored: the fields are a file or ASCII base64, and some
+        # codecs Python knows (idna) fail inside Django's parser with a server error.
+        context = {**(parser_context or {}), "encoding": "utf-8"}
+        try:
+            return super().parse(stream, media_type, context)
+        except SuspiciousOperation:  # more fields or files than Django accepts, or a broken part
+            raise exceptions.ParseError(
+                "The multipart body has too many fields or files, or a malformed part; "
+                "send one field named image."
+            ) from None
+
+
+# Both endpoints that take a body read it with these.
+PARSERS = [JSONParser, MultiPartParser]
 
 
 class ServiceUnavailable(exceptions.APIException):
@@ -88,6 +198,37 @@ def exception_handler(exc, context):
         code = next((c for cls, c in ERROR_CODES.items() if isinstance(exc, cls)), None) or exc.default_code
     response.data = {"code": code, "detail": _first_message(exc.detail)}
     return response
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="What went wrong, for programs: invalid_image, not_found, ...")
+    detail = serializers.CharField(help_text="What went wrong and what to do, for people.")
+
+    class Meta:
+        ref_name = "Error"
+
+
+def error_responses(*codes: str) -> dict[int, OpenApiResponse]:
+    """Return the OpenAPI error responses of an endpoint that answers with these codes, by status."""
+    statuses = sorted({ERRORS[code][0] for code in codes})
+    return {
+        status_code: OpenApiResponse(
+            response=ErrorSerializer,
+            description=ERROR_STATUSES[status_code],
+            examples=[
+                OpenApiExample(code, value={"code": code, "detail": ERRORS[code][1]})
+                for code in codes
+                if ERRORS[code][0] == status_code
+            ],
+        )
+        for status_code in statuses
+    }
+
+
+class SchemaTextRenderer(OpenApiYamlRenderer):
+    """The OpenAPI schema as YAML labelled text/plain, so that a browser shows it rather than saving it."""
+
+    media_type = "text/plain"
 
 
 @extend_schema_field(OpenApiTypes.STR)
@@ -142,9 +283,21 @@ class PredictionOutputSerializer(serializers.Serializer):
         }
 
 
+class HealthSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text='"ok", or "unavailable" when no prediction can be answered.')
+    database = serializers.CharField(help_text='"ok" or "unavailable".')
+    model_version = serializers.IntegerField(allow_null=True, help_text="The active model version; null when down.")
+    detail = serializers.CharField(
+        required=False,
+        help_text="When unavailable: which part is down. Why is in the server log (and told to staff when "
+        "the model is down).",
+    )
+
+
 class PredictionCreateApi(APIView):
     """Read a drawing: store it and answer with what the model sees."""
 
+    parser_classes = PARSERS
     throttle_classes = [ClientRateThrottle]
     throttle_scope = "predictions"
     invalid_input_code = "invalid_image"
@@ -157,7 +310,17 @@ class PredictionCreateApi(APIView):
         class Meta:
             ref_name = "PredictionInput"
 
-    @extend_schema(request=InputSerializer, responses={201: PredictionOutputSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: PredictionOutputSerializer,
+            **error_responses(
+                "invalid_image", "empty_drawing", "image_too_large", "malformed_request", "permission_denied",
+                "payload_too_large", "unsupported_media_type", "throttled", "model_unavailable",
+            ),
+        },
+        auth=[],
+    )
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -169,7 +332,7 @@ class PredictionCreateApi(APIView):
 class PredictionDetailApi(APIView):
     """One prediction, to the visitor who made it or to staff."""
 
-    @extend_schema(responses={200: PredictionOutputSerializer})
+    @extend_schema(responses={200: PredictionOutputSerializer, **error_responses("not_found")}, auth=[])
     def get(self, request, drawing_id):
         drawing = selectors.drawing_get(
             drawing_id=drawing_id,
@@ -182,6 +345,7 @@ class PredictionDetailApi(APIView):
 class PredictionFeedbackApi(APIView):
     """The visitor says whether the prediction was right; a reviewer decides later."""
 
+    parser_classes = PARSERS
     throttle_classes = [ClientRateThrottle]
     throttle_scope = "feedback"
     invalid_input_code = "invalid_label"
@@ -206,7 +370,17 @@ class PredictionFeedbackApi(APIView):
                 )
             return attrs
 
-    @extend_schema(request=InputSerializer, responses={200: PredictionOutputSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: PredictionOutputSerializer,
+            **error_responses(
+                "invalid_label", "malformed_request", "permission_denied", "not_found", "payload_too_large",
+                "unsupported_media_type", "throttled",
+            ),
+        },
+        auth=[],
+    )
     def post(self, request, drawing_id):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -222,11 +396,50 @@ class PredictionFeedbackApi(APIView):
 class HealthApi(APIView):
     """Whether the site can answer predictions: database and model."""
 
-    authentication_classes = []
     throttle_classes = []
 
-    @extend_schema(responses={200: dict, 503: dict})
+    def perform_authentication(self, request):
+        # Lazily, when the service asks who is asking: a probe must be answered while the database,
+        # which holds the users, is down.
+        pass
+
+    @extend_schema(
+        responses={
+            200: OpenApiResponse(
+                HealthSerializer,
+                description="The database answers and the active model is loaded.",
+                examples=[
+                    OpenApiExample("ok", value={"status": "ok", "database": "ok", "model_version": 1}),
+                ],
+            ),
+            503: OpenApiResponse(
+                HealthSerializer,
+                description="The database or the model is down; `detail` says which.",
+                examples=[
+                    OpenApiExample(
+                        "model unavailable",
+                        value={
+                            "status": "unavailable",
+                            "database": "ok",
+                            "model_version": None,
+                            "detail": "The model is unavailable; the reason is in the server log.",
+                        },
+                    ),
+                    OpenApiExample(
+                        "database unavailable",
+                        value={
+                            "status": "unavailable",
+                            "database": "unavailable",
+                            "model_version": None,
+                            "detail": "The database is unavailable; the reason is in the server log.",
+                        },
+                    ),
+                ],
+            ),
+        },
+        auth=[],
+    )
     def get(self, request):
-        health = services.health_status()
+        health = services.health_status(user=SimpleLazyObject(lambda: request.user))
         ok = health["status"] == "ok"
         return Response(health, status=status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
@@ -122,18 +123,26 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
     return version
 
 
-def health_status() -> dict:
-    """Return {"status", "database", "model_version"} and, when unhealthy, a "detail" reason."""
+def health_status(*, user: AbstractBaseUser | AnonymousUser) -> dict:
+    """Return {"status", "database", "model_version"} and, when unhealthy, a "detail" sentence.
+
+    The detail says which part is down; why (a driver's error, a broken model file) goes to the log,
+    and into the detail only for a staff `user`, who can be recognised only while the database answers.
+    """
     status = {"status": "ok", "database": "ok", "model_version": None}
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except Exception as error:  # any driver error means the database cannot serve us
-        return {**status, "status": "unavailable", "database": "unavailable", "detail": f"Database error: {error}"}
+        logger.error("Health check: the database is unavailable: %s", error)
+        detail = "The database is unavailable; the reason is in the server log."
+        return {**status, "status": "unavailable", "database": "unavailable", "detail": detail}
     try:
         version, _ = active_classifier()
     except ModelUnavailable as error:
-        return {**status, "status": "unavailable", "detail": str(error)}
+        logger.error("Health check: the model is unavailable: %s", error)
+        detail = str(error) if user.is_staff else "The model is unavailable; the reason is in the server log."
+        return {**status, "status": "unavailable", "detail": detail}
     return {**status, "model_version": version.version}
 
 

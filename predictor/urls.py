@@ -17,6 +17,11 @@ urlpatterns = [
         name="prediction-feedback",
     ),
     path("api/health/", api.HealthApi.as_view(), name="health"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    # Text first, so a browser shows the schema; clients asking for YAML or JSON by type still get it.
+    path(
+        "api/schema/",
+        SpectacularAPIView.as_view(renderer_classes=[api.SchemaTextRenderer, *SpectacularAPIView.renderer_classes]),
+        name="schema",
+    ),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="predictor:schema"), name="api-docs"),
 ]

@@ -1,11 +1,15 @@
 import base64
+import logging
+import re
 import struct
 import zlib
 
 import cv2
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
+from django.conf import settings
 from django.contrib.auth.models import Group, User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import OperationalError, connection
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -188,6 +192,56 @@ def test_health_is_503_with_a_reason_without_a_model(api_client):
     assert response.json()["status"] == "unavailable" and "model" in response.json()["detail"]
 
 
+def staff_client() -> APIClient:
+    client = APIClient()
+    client.force_login(User.objects.create_user("operator", is_staff=True))
+    return client
+
+
+@pytest.mark.django_db
+def test_health_tells_staff_why_the_model_is_unavailable_and_strangers_only_that_it_is(api_client, caplog):
+    public = api_client.get("/api/health/").json()
+    assert public == {
+        "status": "unavailable",
+        "database": "ok",
+        "model_version": None,
+        "detail": "The model is unavailable; the reason is in the server log.",
+    }
+    staff = staff_client().get("/api/health/")
+    assert staff.status_code == 503 and "register_base_model" in staff.json()["detail"]
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and "register_base_model" in r.getMessage()]
+    assert len(logged) == 2  # one line for each failed check
+
+
+DRIVER_ERROR = (
+    'connection to server at "db.internal" (10.0.0.5), port 5432 failed: '
+    'FATAL: password authentication failed for user "digit"'
+)
+
+
+@pytest.mark.django_db
+def test_health_keeps_the_database_error_for_the_log(api_client, active_model, monkeypatch, caplog):
+    staff = staff_client()
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError(DRIVER_ERROR)
+
+    # Every query fails from here, the staff user's own included: staff are not recognised then.
+    monkeypatch.setattr(connection, "cursor", unreachable)
+    for client in (api_client, staff):
+        response = client.get("/api/health/")
+        assert response.status_code == 503
+        assert response.json() == {
+            "status": "unavailable",
+            "database": "unavailable",
+            "model_version": None,
+            "detail": "The database is unavailable; the reason is in the server log.",
+        }
+        assert b"10.0.0.5" not in response.content and b"password" not in response.content
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and DRIVER_ERROR in r.getMessage()]
+    assert len(logged) == 2
+
+
 @pytest.mark.django_db
 def test_feedback_is_stored_and_replaced(api_client, active_model, digit_png):
     created = api_client.post(CREATE_URL, {"image": data_url(digit_png[0])}, format="json").json()
@@ -242,6 +296,93 @@ def test_schema_and_docs_are_served_offline(client):
     docs = client.get("/api/docs/")
     assert docs.status_code == 200
     assert b"cdn" not in docs.content.lower() and b"unpkg" not in docs.content.lower()
+
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
+@pytest.mark.django_db
+def test_a_browser_is_shown_the_schema_as_text_and_clients_still_get_yaml_or_json(client):
+    in_browser = client.get("/api/schema/", headers={"Accept": BROWSER_ACCEPT})
+    assert in_browser.status_code == 200
+    assert in_browser["Content-Type"].startswith("text/plain")
+    assert not in_browser.get("Content-Disposition", "").startswith("attachment")
+    assert in_browser.content.startswith(b"openapi: 3")
+    as_json = client.get("/api/schema/", headers={"Accept": "application/json"})  # what Swagger UI asks for
+    assert as_json["Content-Type"].startswith("application/json") and as_json.json()["openapi"].startswith("3")
+    as_openapi = client.get("/api/schema/", headers={"Accept": "application/vnd.oai.openapi"})
+    assert as_openapi["Content-Type"].startswith("application/vnd.oai.openapi")
+
+
+@pytest.fixture
+def schema(client):
+    return client.get("/api/schema/", headers={"Accept": "application/json"}).json()
+
+
+def documented_errors(operation: dict) -> dict[int, set[str]]:
+    """Return {status: codes of its examples} for the error responses of one operation."""
+    errors = {}
+    for status, response in operation["responses"].items():
+        if int(status) >= 400 and "Health" not in str(response):
+            body = response["content"]["application/json"]
+            assert body["schema"] == {"$ref": "#/components/schemas/Error"}, status
+            errors[int(status)] = {example["value"]["code"] for example in body["examples"].values()}
+    return errors
+
+
+@pytest.mark.django_db
+def test_the_schema_lists_every_error_of_each_endpoint_with_its_codes(schema):
+    paths = schema["paths"]
+    assert documented_errors(paths["/api/predictions/"]["post"]) == {
+        400: {"invalid_image", "empty_drawing", "image_too_large", "malformed_request"},
+        403: {"permission_denied"},
+        413: {"payload_too_large"},
+        415: {"unsupported_media_type"},
+        429: {"throttled"},
+        503: {"model_unavailable"},
+    }
+    assert documented_errors(paths["/api/predictions/{drawing_id}/"]["get"]) == {404: {"not_found"}}
+    assert documented_errors(paths["/api/predictions/{drawing_id}/feedback/"]["post"]) == {
+        400: {"invalid_label", "malformed_request"},
+        403: {"permission_denied"},
+        404: {"not_found"},
+        413: {"payload_too_large"},
+        415: {"unsupported_media_type"},
+        429: {"throttled"},
+    }
+    health = paths["/api/health/"]["get"]["responses"]
+    assert set(health) == {"200", "503"}
+    assert health["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Health"}
+    assert schema["components"]["schemas"]["Error"]["required"] == ["code", "detail"]
+
+
+@pytest.mark.django_db
+def test_every_error_code_the_readme_lists_is_documented_with_its_status(schema):
+    readme = (settings.BASE_DIR / "README.md").read_text()
+    errors = " ".join(readme[readme.index("Errors are JSON") :].split("\n\n")[0].split())
+    listed = {
+        (int(status), code)
+        for status, codes in re.findall(r"`(\d{3})` ((?:`[a-z_]+`(?:, )?)+)", errors)
+        for code in re.findall(r"`([a-z_]+)`", codes)
+    }
+    assert len(listed) == 10, listed
+    documented = {
+        (status, code)
+        for path in schema["paths"].values()
+        for operation in path.values()
+        for status, codes in documented_errors(operation).items()
+        for code in codes
+    }
+    assert listed <= documented, listed - documented
+
+
+@pytest.mark.django_db
+def test_no_endpoint_asks_for_a_login_in_the_docs(schema):
+    assert "securitySchemes" not in schema.get("components", {})
+    assert "security" not in schema
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert "security" not in operation, (method, path)
 
 
 @pytest.mark.django_db

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import OperationalError, connection
+from rest_framework.test import APIClient
 
 from predictor import model_cache, services
 from predictor.models import Drawing
@@ -303,8 +305,11 @@ def test_a_broken_model_file_gives_503_with_a_reason_and_recovers_without_restar
     assert "Model version 1 cannot be loaded" in refused.json()["detail"]
     assert str(settings.DIGIT_MODEL_ROOT) not in refused.json()["detail"]  # no server paths in public
     health = api_client.get("/api/health/")
-    assert health.status_code == 503
-    assert health.json()["status"] == "unavailable" and "cannot be loaded" in health.json()["detail"]
+    assert health.status_code == 503 and health.json()["status"] == "unavailable"
+    assert "cannot be loaded" not in health.json()["detail"]  # only staff are told why
+    staff = APIClient()
+    staff.force_login(User.objects.create_user("operator", is_staff=True))
+    assert "Model version 1 cannot be loaded" in staff.get("/api/health/").json()["detail"]
     assert Drawing.objects.count() == 0
 
     path.write_bytes(good)  # the operator puts the file back; no restart, no cache to clear

@@ -1,11 +1,15 @@
 """Hostile or careless clients: fuzzed payloads, nasty images, oversized bodies, forged names, CSRF, staff data.
 
-Every refusal is a 4xx with the error shape {"code", "detail"}; nothing is stored; memory stays bounded.
+Every refusal is a 4xx with the error shape {"code", "detail"}, logs no traceback and no error; nothing is
+stored; memory stays bounded.
 """
 
 import base64
+import codecs
+import encodings.aliases
 import io
 import json
+import logging
 import re
 import struct
 import zlib
@@ -18,13 +22,15 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
+from hypothesis import HealthCheck, example, given, settings as hypothesis_settings, strategies as st
 from PIL import Image
 from rest_framework.test import APIClient
 from rest_framework.throttling import ScopedRateThrottle
 
+from predictor.api import MAX_JSON_DEPTH, _json_nested_deeper_than
 from predictor.models import Drawing
-from predictor.tests.conftest import canvas_png, data_url
+from predictor.tests.conftest import data_url
 
 CREATE_URL = "/api/predictions/"
 FUZZ = hypothesis_settings(
@@ -39,6 +45,17 @@ FUZZ = hypothesis_settings(
 def no_throttling(monkeypatch):
     """Fuzzing sends hundreds of requests from one address; the limits have their own tests."""
     monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"predictions": None, "feedback": None})
+
+
+@pytest.fixture(autouse=True)
+def nothing_is_logged_as_an_error(caplog, monkeypatch):
+    """Fail a test whose requests logged an error or a traceback: a refusal is a warning at most."""
+    # Django's loggers do not propagate to the root logger, where caplog listens.
+    monkeypatch.setattr(logging.getLogger("django"), "propagate", True)
+    yield
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    errors = [r for r in records if r.levelno >= logging.ERROR or r.exc_info or r.exc_text]
+    assert not errors, [(r.name, r.getMessage()[:200]) for r in errors]
 
 
 def assert_refused(response, statuses=range(400, 500)):
@@ -147,6 +164,140 @@ def test_text_that_is_not_ascii_is_refused(api_client, active_model, text):
 def test_huge_strings_under_the_body_limit_are_refused(api_client, active_model, size):
     assert_refused(post_json(api_client, {"image": "A" * size}))
     assert_refused(post_json(api_client, {"image": "data:image/png;base64," + "!" * size}))
+
+
+# Nested JSON: Python's parser recurses once per level and fails at about a thousand, so depth is
+# refused as malformed at any size up to the body limit, on every endpoint that takes a body.
+
+OPENERS = ["[", '{"image":', '{"label":', '{"a":1,"image":', "[0,"]
+CLOSERS = {"[": "]", "[0,": "]"}
+
+
+def nested_body(pattern: list[str], depth: int, leaf: str = "0") -> bytes:
+    """Return JSON text nesting the openers of `pattern`, in turn, `depth` levels deep around `leaf`."""
+    openers = [pattern[level % len(pattern)] for level in range(depth)]
+    closers = "".join(CLOSERS.get(opener, "}") for opener in reversed(openers))
+    return ("".join(openers) + leaf + closers).encode()
+
+
+@pytest.fixture
+def feedback_url(drawing, api_client):
+    """The feedback URL of a drawing of this client's visitor, so only the body can be wrong."""
+    session = api_client.session
+    session["visitor"] = "visitor-a"
+    session.save()
+    return f"/api/predictions/{drawing.id}/feedback/"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("opener", OPENERS)
+@pytest.mark.parametrize("size", [100_000, 5 * 1024 * 1024 - 100])
+def test_deeply_nested_json_up_to_the_body_limit_is_malformed(api_client, active_model, opener, size):
+    depth = size // (len(opener) + 1)
+    body = nested_body([opener], depth)
+    assert len(body) <= 5 * 1024 * 1024
+    response = post_raw(api_client, body, "application/json")
+    assert_refused(response, {400})
+    assert response.json()["code"] == "malformed_request" and "levels deep" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("depth", [33, 200, 900, 990, 5000])
+def test_nesting_the_feedback_label_is_malformed(api_client, feedback_url, depth):
+    response = api_client.generic("POST", feedback_url, nested_body(['{"label":', "["], depth), "application/json")
+    assert response.status_code == 400 and response.json()["code"] == "malformed_request", response.content[:300]
+
+
+@pytest.mark.django_db
+def test_nesting_up_to_the_limit_is_read_and_told_what_is_wrong(api_client, active_model):
+    at_limit = post_raw(api_client, nested_body(['{"image":'], MAX_JSON_DEPTH, '"AAAA"'), "application/json")
+    assert_refused(at_limit, {400})
+    assert at_limit.json()["code"] == "invalid_image"
+    over = post_raw(api_client, nested_body(['{"image":'], MAX_JSON_DEPTH + 1, '"AAAA"'), "application/json")
+    assert over.json()["code"] == "malformed_request"
+
+
+def json_depth(value) -> int:
+    if isinstance(value, dict):
+        value = list(value.values())
+    return 1 + max(map(json_depth, value), default=0) if isinstance(value, list) else 0
+
+
+tricky_text = st.text(alphabet='[]{}"\\ax\u00e9\n', max_size=8)
+json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | tricky_text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(tricky_text, children, max_size=4),
+    max_leaves=60,
+)
+
+
+@FUZZ
+@given(value=json_trees, depth=st.integers(0, 12), ascii_only=st.booleans())
+def test_the_depth_check_is_exact_on_valid_json(value, depth, ascii_only):
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert _json_nested_deeper_than(body, depth) == (json_depth(value) > depth)
+
+
+@pytest.mark.django_db
+@FUZZ
+@given(pattern=st.lists(st.sampled_from(OPENERS), min_size=1, max_size=4), depth=st.integers(1, 200_000),
+       leaf=st.sampled_from(["0", '"x"', "null", "[]", "{}", '"data:image/png;base64,AAAA"']),
+       multipart=st.booleans())
+def test_nested_bodies_of_any_depth_are_refused_without_server_error(
+    api_client, active_model, pattern, depth, leaf, multipart
+):
+    body = nested_body(pattern, depth, leaf)
+    if multipart:  # the same text as a form field: a string, not parsed as JSON
+        response = api_client.post(CREATE_URL, {"image": body.decode()}, format="multipart")
+    else:
+        response = post_raw(api_client, body, "application/json")
+    assert_refused(response, {400})
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {f"field{n}": "x" for n in range(1200)},
+        {"image": ["x"] * 1200},
+        {"image": [SimpleUploadedFile(f"digit{n}.png", b"\x89PNG") for n in range(150)]},
+    ],
+    ids=["too-many-fields", "too-many-values", "too-many-files"],
+)
+def test_multipart_bodies_with_too_many_parts_are_malformed(api_client, active_model, fields):
+    response = post_raw(api_client, encode_multipart(BOUNDARY, fields), MULTIPART_CONTENT)
+    assert_refused(response, {400})
+    assert response.json()["code"] == "malformed_request"
+
+
+def known_codecs() -> list[str]:
+    """Return the name of every codec this Python can look up (text, bytes-to-bytes and odd ones alike)."""
+    names = set()
+    for name in encodings.aliases.aliases.values():
+        try:
+            names.add(codecs.lookup(name).name)
+        except LookupError:  # listed, but not on this platform (mbcs)
+            pass
+    return sorted(names)
+
+
+# Every codec Python knows, as the charset a client declares.
+CHARSETS = known_codecs()
+
+
+@pytest.mark.django_db
+@FUZZ
+@given(charset=st.sampled_from(CHARSETS + ["x", ""]), multipart=st.booleans(),
+       payload=st.sampled_from([{"image": "abc"}, {"image": "data:image/png;base64,AAAA"}]))
+@example(charset="idna", multipart=True, payload={"image": "abc"})  # fails inside Django's multipart parser
+def test_any_declared_charset_is_refused_without_server_error(
+    api_client, active_model, charset, multipart, payload
+):
+    if multipart:
+        body, content_type = encode_multipart(BOUNDARY, payload), MULTIPART_CONTENT
+    else:
+        body, content_type = json.dumps(payload).encode(), "application/json"
+    assert_refused(post_raw(api_client, body, f"{content_type}; charset={charset}"), {400})
 
 
 # A corpus of nasty images, as data URLs and as multipart uploads.

@@ -6,7 +6,7 @@ import pytest
 from django.conf import settings
 from django.db import IntegrityError
 
-from predictor import services
+from predictor import model_cache, services
 from predictor.models import Drawing, ModelVersion
 
 
@@ -56,6 +56,25 @@ def test_activation_switches_the_served_version_without_restart(active_model, di
 
 
 @pytest.mark.django_db
+def test_a_worker_asks_which_version_is_active_once_per_interval_but_at_once_after_activating_here(
+    active_model, settings, django_assert_num_queries
+):
+    settings.DIGIT_MODEL_CHECK_SECONDS = 3600
+    second = register_copy(active_model, activate=False)
+    model_cache.active_classifier()
+    with django_assert_num_queries(0):  # the hot path: no query within the interval
+        assert model_cache.active_classifier()[0] == active_model
+
+    ModelVersion.objects.filter(id=active_model.id).update(is_active=False)
+    ModelVersion.objects.filter(id=second.id).update(is_active=True)
+    assert model_cache.active_classifier()[0] == active_model  # another worker's activation: seen next interval
+
+    services.model_version_activate(version=active_model)
+    services.model_version_activate(version=second)
+    assert model_cache.active_classifier()[0] == second  # this worker's own activation: seen at once
+
+
+@pytest.mark.django_db
 def test_at_most_one_version_can_be_active(active_model):
     second = register_copy(active_model, activate=False)
     with pytest.raises(IntegrityError):
@@ -71,7 +90,7 @@ def test_serving_a_prediction_never_imports_tensorflow(tmp_path):
         from django.core.management import call_command
         from django.test import Client
         import numpy as np, cv2
-        from predictor import services
+        from predictor import model_cache, services
         call_command("migrate", verbosity=0)
         call_command("createcachetable", verbosity=0)
         base = "training/artifacts/base/"
