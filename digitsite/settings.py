@@ -7,6 +7,7 @@ deployments comes from the environment (or an optional .env file beside manage.p
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import environ
 
@@ -146,7 +147,7 @@ MEDIA_URL = "media/"
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
 # In production whitenoise serves the collected files under hashed, pre-compressed names (cached for a
 # year). Media has no URL of its own: drawings go out only through a view that checks who is asking.
-STORAGES = {
+STORAGES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "models": {"BACKEND": "predictor.models.ModelStorage"},
     "staticfiles": {
@@ -155,6 +156,27 @@ STORAGES = {
         else "digitsite.staticfiles.HashedStaticFilesStorage"
     },
 }
+# Drawings and model artefacts live in local folders (MEDIA_ROOT, DIGIT_MODEL_ROOT) unless DIGIT_S3_BUCKET
+# names an S3-compatible bucket, which every web host and the training worker then share (docs/deployment.md):
+# drawings under drawings/ (their upload_to), model artefacts under models/. boto3 finds the credentials and
+# region itself (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or the host's role).
+_s3_bucket = env("DIGIT_S3_BUCKET", default="")
+_s3_endpoint = env("DIGIT_S3_ENDPOINT_URL", default="") or None
+if _s3_bucket:
+    _s3_options = {
+        "bucket_name": _s3_bucket,
+        "endpoint_url": _s3_endpoint,
+        # Services other than Amazon's usually answer on one host name, not one per bucket.
+        "addressing_style": "path" if _s3_endpoint else None,
+        # Objects stay private: no ACL is sent, so the bucket's own (private) applies, and url() signs
+        # nothing, so no link can bypass the view that checks who may see a drawing.
+        "default_acl": None,
+        "querystring_auth": False,
+        # A name already taken gets a suffix, as in a local folder: nothing stored is ever replaced.
+        "file_overwrite": False,
+    }
+    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": _s3_options}
+    STORAGES["models"] = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {**_s3_options, "location": "models"}}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

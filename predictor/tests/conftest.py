@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from rest_framework.test import APIClient
 
 from predictor import model_cache, services
+from predictor.tests.s3 import s3_server, use_s3  # noqa: F401 (fixtures of the object storage tests)
 
 MNIST_PATH = settings.BASE_DIR / "training" / "data" / "mnist.npz"
 

@@ -1,5 +1,6 @@
 """Remove stored drawing images that no Drawing row refers to (left by a crash between file and row)."""
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 from django.core.files.storage import Storage
@@ -12,9 +13,12 @@ DRAWINGS_FOLDER = "drawings"
 BATCH_SIZE = 500
 
 
-def stored_files(storage: Storage, folder: str):
-    """Yield the name of every file under `folder` in `storage`, depth first."""
-    folders, files = storage.listdir(folder)
+def stored_files(storage: Storage, folder: str) -> Iterator[str]:
+    """Yield the name of every file under `folder` in `storage`, depth first (none if there is no folder)."""
+    try:
+        folders, files = storage.listdir(folder)
+    except FileNotFoundError:  # a local folder not made yet; a bucket lists nothing instead
+        return
     for name in files:
         yield f"{folder}/{name}"
     for name in folders:
@@ -40,16 +44,17 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         storage = Drawing._meta.get_field("image").storage
         cutoff = timezone.now() - timedelta(seconds=options["min_age"])
-        if not storage.exists(DRAWINGS_FOLDER):
-            self.stdout.write("No stored drawings.")
-            return
-        orphans = []
-        batch = []
+        orphans, batch, listed = [], [], 0
+        # Listed, never tested with exists(): a bucket has no folder objects for exists() to find.
         for name in stored_files(storage, DRAWINGS_FOLDER):
+            listed += 1
             batch.append(name)
             if len(batch) == BATCH_SIZE:
                 orphans += self._orphans(batch, storage, cutoff)
                 batch = []
+        if not listed:
+            self.stdout.write("No stored drawings.")
+            return
         orphans += self._orphans(batch, storage, cutoff)
 
         verb = "Would delete" if options["dry_run"] else "Deleted"
