@@ -249,6 +249,9 @@ SPECTACULAR_SETTINGS = {
 
 # Where model artefacts (.keras, .tflite) live once registered; retrained models are written here.
 DIGIT_MODEL_ROOT = env.path("DIGIT_MODEL_ROOT", default=VAR_DIR / "models")
+# Each host's copies of the .tflite files it serves, fetched from model storage once and checked against
+# their recorded SHA-256 (predictor.model_cache); a cache, safe to delete.
+DIGIT_MODEL_CACHE = env.path("DIGIT_MODEL_CACHE", default=VAR_DIR / "model-cache")
 # Largest accepted image, in pixels (checked from the header before decoding).
 DIGIT_MAX_IMAGE_PIXELS = env.int("DIGIT_MAX_IMAGE_PIXELS", default=4096 * 4096)
 # Largest accepted request body, in bytes.

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.db.models import BooleanField, ExpressionWrapper
@@ -19,7 +20,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from predictor import charts, selectors, services
-from predictor.models import Drawing, ModelVersion
+from predictor.models import Drawing, ModelActivation, ModelVersion
 
 # (parameter value, label, lower bound inclusive, upper bound exclusive) of the confidence filter.
 CONFIDENCE_BANDS = (
@@ -335,16 +336,82 @@ class DrawingAdmin(admin.ModelAdmin):
 
 
 @admin.action(description=_("Activate this version (serve it from now on)"), permissions=["change"])
-def activate_version(modeladmin, request, queryset) -> None:
+def activate_version(modeladmin, request, queryset):
     versions = list(queryset[:2])
     if len(versions) != 1:
         modeladmin.message_user(request, _("Select exactly one version to activate."), messages.ERROR)
-        return
-    version = services.model_version_activate(version=versions[0])
-    modeladmin.log_change(request, version, _("Activated."))
+        return None
+    (version,) = versions
+    if version.is_active:
+        modeladmin.message_user(
+            request, _("Version %(version)d is already active; nothing changed.") % {"version": version.version}
+        )
+        return None
+    failures = services.model_version_gate_failures(version=version)
+    confirmed = request.POST.get("confirm_failed_gate") == "yes"
+    if failures is not None and not confirmed:
+        # Like "delete selected": a page that says what is at stake, posting the action again when confirmed.
+        context = {
+            **modeladmin.admin_site.each_context(request),
+            "title": _("Activate version %(version)d, which failed its gate?") % {"version": version.version},
+            "subtitle": None,
+            "version": version,
+            "reasons": failures,
+            "opts": modeladmin.opts,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": modeladmin.media,
+        }
+        request.current_app = modeladmin.admin_site.name
+        return TemplateResponse(request, "admin/predictor/modelversion/activate_failed_gate_confirmation.html", context)
+    try:
+        services.model_version_activate(
+            version=version, activated_by=request.user, source="admin", confirm_failed_gate=confirmed
+        )
+    except services.ActivationRefused as error:
+        modeladmin.message_user(request, str(error), messages.ERROR)
+        return None
+    message = _("Activated although it failed its gate.") if failures is not None else _("Activated.")
+    modeladmin.log_change(request, version, message)
     modeladmin.message_user(
         request, _("Version %(version)d now answers predictions.") % {"version": version.version}, messages.SUCCESS
     )
+    return None
+
+
+class ModelActivationInline(admin.TabularInline):
+    """The version's activations, newest first: when, by whom, from where, replacing which version, and why."""
+
+    model = ModelActivation
+    fk_name = "model_version"
+    verbose_name_plural = _("activation history")
+    fields = ("created_at", "activated_by_name", "source", "previous", "note")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    @admin.display(description=_("activated by"))
+    def activated_by_name(self, activation):
+        # Plain text, not the admin's link to the user: reviewers may not manage users, so it would answer 403.
+        return activation.activated_by.get_username() if activation.activated_by else self.get_empty_value_display()
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("activated_by", "previous")
+
+    def has_view_permission(self, request, obj=None):
+        # Part of the version's record: whoever may see the version sees how it came to be served.
+        return request.user.has_perm("predictor.view_modelversion") or request.user.has_perm(
+            "predictor.change_modelversion"
+        )
+
+    def has_add_permission(self, request, obj=None):
+        # Written only by services.model_version_activate.
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(ModelVersion)
@@ -361,6 +428,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     )
     list_select_related = ("parent",)
     actions = (activate_version,)
+    inlines = (ModelActivationInline,)
     fieldsets = (
         (None, {"fields": ("version", "is_active", "lineage", "created_at", "notes", "artefacts")}),
         (_("How it reads digits"), {"fields": ("accuracy_table", "gate_verdict")}),
@@ -493,7 +561,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if gate.get("passed"):
             verdict = format_html('<strong class="gate-passed">✓ {}</strong>', _("Passed: no worse than its parent."))
         else:
-            failed = _("Failed, and served anyway (--force).") if gate.get("forced") else _("Failed: not activated.")
+            # What happened when it was trained; a later activation by hand is in the activation history.
+            if gate.get("forced"):
+                failed = _("Failed, and served anyway (--force).")
+            else:
+                failed = _("Failed: not activated when it was trained.")
             verdict = format_html('<strong class="gate-failed">✗ {}</strong>', failed)
         reasons = gate.get("reasons") if isinstance(gate.get("reasons"), list) else []
         items = format_html_join("", "<li>{}</li>", ((reason,) for reason in reasons))

@@ -12,7 +12,7 @@ from django.utils.functional import SimpleLazyObject
 from drf_spectacular.renderers import OpenApiYamlRenderer
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_field
-from rest_framework import exceptions, parsers, serializers, status, throttling
+from rest_framework import exceptions, parsers, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -21,6 +21,7 @@ from predictor import selectors, services
 from predictor.imagefile import PreprocessingError, decode_payload
 from predictor.model_cache import ModelUnavailable
 from predictor.models import Drawing
+from predictor.throttling import ClientRateThrottle
 
 # The code each kind of DRF failure is reported with; the HTTP status is the exception's own.
 ERROR_CODES = {
@@ -88,15 +89,6 @@ ERROR_STATUSES = {
     429: "Too many requests from this client; the Retry-After header says how many seconds to wait.",
     503: "No model can answer right now: none is active, or its file cannot be loaded.",
 }
-
-
-class ClientRateThrottle(throttling.ScopedRateThrottle):
-    """DRF's per-client scoped throttle, but every refusal says when to come back (Retry-After)."""
-
-    def wait(self) -> float:
-        # DRF gives no wait once a client's history holds more than the limit, which happens when
-        # workers record requests concurrently; the limit's oldest counted request still expires.
-        return max(1.0, self.history[self.num_requests - 1] + self.duration - self.now)
 
 
 def _json_nested_deeper_than(body: bytes, depth: int) -> bool:

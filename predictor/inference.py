@@ -30,24 +30,31 @@ class ModelLoadError(RuntimeError):
 
 
 class Classifier:
-    """A digit classifier over one .tflite file: float32 (28, 28) pixels 0..255 in, probabilities out."""
+    """A digit classifier over one .tflite model: float32 (28, 28) pixels 0..255 in, probabilities out."""
 
-    def __init__(self, path: str | os.PathLike, *, num_threads: int = 1) -> None:
+    def __init__(
+        self, model: str | os.PathLike | bytes, *, name: str | None = None, num_threads: int = 1
+    ) -> None:
+        """Build the classifier from a .tflite file's path or its content; errors call it `name` (default: the path)."""
         # One thread by default: web servers run several workers side by side, and a model this
         # small gains nothing from more.
-        self.path = Path(path)
-        try:
-            content = self.path.read_bytes()
-        except OSError as error:
-            raise ModelLoadError(f"Cannot read the model file {self.path}: {error.strerror}.") from None
+        if isinstance(model, bytes):
+            self.path, content = None, model
+        else:
+            self.path = Path(model)
+            try:
+                content = self.path.read_bytes()
+            except OSError as error:
+                raise ModelLoadError(f"Cannot read the model file {name or self.path}: {error.strerror}.") from None
+        self.name = name or (str(self.path) if self.path else "(in memory)")
         if not content:
-            raise ModelLoadError(f"The model file {self.path} is empty.")
+            raise ModelLoadError(f"The model file {self.name} is empty.")
         try:
             self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise ModelLoadError(
-                f"The model file {self.path} is not a usable TensorFlow Lite model ({error})."
+                f"The model file {self.name} is not a usable TensorFlow Lite model ({error})."
             ) from None
         (self._input,) = self._interpreter.get_input_details()
         (self._output,) = self._interpreter.get_output_details()
@@ -57,7 +64,7 @@ class Classifier:
             or tuple(self._output["shape"][1:]) != (NUM_CLASSES,)
         ):
             raise ModelLoadError(
-                f"The model file {self.path} takes {self._input['dtype'].__name__} "
+                f"The model file {self.name} takes {self._input['dtype'].__name__} "
                 f"{list(self._input['shape'])} and gives {list(self._output['shape'])}; "
                 f"a digit classifier takes float32 [1, 28, 28, 1] and gives [1, {NUM_CLASSES}]."
             )

@@ -4,7 +4,9 @@ The writes (drawings, reviews, the model registry) are atomic. Reads live in `pr
 the classifier each process serves in `predictor.model_cache`.
 """
 
+import hashlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -13,17 +15,15 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
-from django.core.files import File
 from django.core.files.base import ContentFile
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
 from predictor import model_cache
 from predictor.imagefile import image_header
-from predictor.inference import Classifier
 from predictor.model_cache import ModelUnavailable, active_classifier
-from predictor.models import Drawing, ModelVersion
+from predictor.models import Drawing, ModelActivation, ModelVersion
 from predictor.preprocessing import preprocess
 
 VISITOR_SESSION_KEY = "visitor"
@@ -80,46 +80,171 @@ def drawing_give_feedback(*, drawing: Drawing, label: int) -> Drawing:
     return drawing
 
 
+# Where an activation came from, as ModelActivation.source records it.
+ACTIVATION_SOURCES = ("admin", "command", "retrain", "register")
+# Inserting a version number another registration took first is retried this many times.
+VERSION_NUMBER_ATTEMPTS = 10
+
+
+class ActivationRefused(Exception):
+    """The version was not activated and nothing changed; str() says why."""
+
+
+class FailedGateNotConfirmed(ActivationRefused):
+    """The version failed its promotion gate and activating it anyway was not confirmed."""
+
+    def __init__(self, version: ModelVersion, reasons: list[str]) -> None:
+        self.version = version
+        self.reasons = reasons
+        super().__init__(
+            f"Version {version.version} failed its promotion gate when it was trained: "
+            + ("; ".join(reasons) or "no reason recorded")
+            + ". Activating it needs a confirmation."
+        )
+
+
+def model_version_gate_failures(*, version: ModelVersion) -> list[str] | None:
+    """Return the reasons the version failed its promotion gate, or None if it passed or never met one."""
+    gate = version.metrics.get("gate") if isinstance(version.metrics, dict) else None
+    if not isinstance(gate, dict) or gate.get("passed") is not False:
+        return None
+    reasons = gate.get("reasons")
+    return [str(reason) for reason in reasons] if isinstance(reasons, list) else []
+
+
 @transaction.atomic
 def model_version_register(
     *,
-    tflite_path: Path,
-    keras_path: Path,
+    tflite_path: str | os.PathLike,
+    keras_path: str | os.PathLike,
     metrics: dict,
     notes: str = "",
     parent: ModelVersion | None = None,
     training_data: dict | None = None,
     activate: bool,
+    activated_by: AbstractBaseUser | None = None,
+    source: str = "register",
 ) -> ModelVersion:
-    """Return a new ModelVersion whose artefacts are copied into model storage, activated if asked."""
-    number = (ModelVersion.objects.select_for_update().aggregate(n=Max("version"))["n"] or 0) + 1
+    """Return a new ModelVersion whose artefacts are copied into model storage with their SHA-256, activated if asked.
+
+    With `activate` and a `parent`, the version is activated only if the parent is still the active
+    version when the row is written (checked under a lock in the same transaction); otherwise it is
+    registered without activating, `is_active` is False and `not_activated_reason` (also added to the
+    notes) says why. `activate` serves a version whose recorded gate failed: the caller asked for it
+    (retrain --force), and the activation's note says so. Raises ModelUnavailable, keeping nothing, if
+    the stored .tflite cannot be loaded.
+    """
+    tflite, keras = Path(tflite_path).read_bytes(), Path(keras_path).read_bytes()
     version = ModelVersion(
-        version=number, metrics=metrics, notes=notes, parent=parent, training_data=training_data or {}
+        metrics=metrics,
+        notes=notes,
+        parent=parent,
+        training_data=training_data or {},
+        # Of the very bytes copied below: what every worker checks before it serves the file.
+        tflite_sha256=hashlib.sha256(tflite).hexdigest(),
+        keras_sha256=hashlib.sha256(keras).hexdigest(),
     )
-    with open(tflite_path, "rb") as tflite, open(keras_path, "rb") as keras:
-        version.tflite.save(f"v{number}/model.tflite", File(tflite), save=False)
-        version.keras.save(f"v{number}/model.keras", File(keras), save=False)
+    version.not_activated_reason = ""
+    _model_version_insert(version)
     try:
-        # Fail here, before the row exists, if the copied artefact cannot be served.
-        Classifier(version.tflite.path)
-        version.save()
+        version.tflite.save(f"v{version.version}/model.tflite", ContentFile(tflite), save=False)
+        version.keras.save(f"v{version.version}/model.keras", ContentFile(keras), save=False)
+        # Read back through storage and checked as a worker would: fail here, and keep nothing, if the
+        # stored copy cannot be served.
+        model_cache.load_classifier(version, from_storage=True)
+        version.save(update_fields=["tflite", "keras"])
         if activate:
-            model_version_activate(version=version)
+            active = _active_version_locked()
+            if parent is not None and (active is None or active.id != parent.id):
+                now_active = f"version {active.version} is" if active else "none is"
+                version.not_activated_reason = (
+                    f"Not activated: it was trained from version {parent.version}, which is no longer the "
+                    f"active version ({now_active}). To serve it: manage.py activate_model {version.version}"
+                )
+                version.notes = "\n".join(filter(None, [notes, version.not_activated_reason]))
+                version.save(update_fields=["notes"])
+            else:
+                model_version_activate(
+                    version=version, activated_by=activated_by, source=source, confirm_failed_gate=True
+                )
     except BaseException:
-        version.tflite.delete(save=False)
-        version.keras.delete(save=False)
+        for artefact in (version.tflite, version.keras):
+            if artefact.name:
+                artefact.delete(save=False)
         raise
     return version
 
 
+def _model_version_insert(version: ModelVersion) -> ModelVersion:
+    """Return `version` inserted with the next free version number, before its files exist."""
+    # The unique version column is the arbiter on every database: a registration that took the same
+    # number first makes this insert fail (on PostgreSQL, once that one commits), and this one takes the
+    # next. A lock cannot do it: SELECT MAX(...) FOR UPDATE locks no row, and there may be none to lock.
+    for _attempt in range(VERSION_NUMBER_ATTEMPTS):
+        version.version = (ModelVersion.objects.aggregate(n=Max("version"))["n"] or 0) + 1
+        try:
+            with transaction.atomic():
+                version.save(force_insert=True)
+            return version
+        except IntegrityError:
+            if ModelVersion.objects.filter(version=version.version).exists():
+                continue  # taken meanwhile: try the next number
+            raise
+    raise IntegrityError(f"No free version number after {VERSION_NUMBER_ATTEMPTS} attempts.")
+
+
+def _active_version_locked() -> ModelVersion | None:
+    """Return the active ModelVersion with its row locked until the transaction ends, or None if none is."""
+    active = ModelVersion.objects.select_for_update().filter(is_active=True).first()
+    if active is None:
+        # On PostgreSQL, a row deactivated while this waited for its lock is skipped, and the version
+        # activated instead is visible only to a new statement: look once more.
+        active = ModelVersion.objects.select_for_update().filter(is_active=True).first()
+    return active
+
+
 @transaction.atomic
-def model_version_activate(*, version: ModelVersion) -> ModelVersion:
-    """Return `version`, now the one active model; every worker switches to it within a check interval."""
+def model_version_activate(
+    *,
+    version: ModelVersion,
+    activated_by: AbstractBaseUser | None = None,
+    source: str,
+    confirm_failed_gate: bool = False,
+) -> ModelVersion:
+    """Return `version`, now the one active model; every worker switches to it within a check interval.
+
+    Raises FailedGateNotConfirmed for a version whose recorded gate failed unless `confirm_failed_gate`,
+    and ActivationRefused if its .tflite in model storage cannot be loaded or does not match its
+    SHA-256; either way nothing changes. Each switch is recorded as a ModelActivation.
+    """
+    if source not in ACTIVATION_SOURCES:
+        raise ValueError(f"Unknown activation source {source!r}; one of {', '.join(ACTIVATION_SOURCES)}.")
+    # Locked first, so two activations run one after the other and each records the version it replaced.
+    previous = _active_version_locked()
+    if previous is not None and previous.id == version.id:
+        version.is_active = True
+        return version
+    failures = model_version_gate_failures(version=version)
+    if failures is not None and not confirm_failed_gate:
+        raise FailedGateNotConfirmed(version, failures)
+    try:
+        # From storage, not from this host's copy: every other host will read it there.
+        model_cache.load_classifier(version, from_storage=True)
+    except ModelUnavailable as error:
+        raise ActivationRefused(f"{error} Version {version.version} was not activated; nothing changed.") from error
     ModelVersion.objects.filter(is_active=True).exclude(id=version.id).update(is_active=False)
     ModelVersion.objects.filter(id=version.id).update(is_active=True)
+    note = ""
+    if failures is not None:
+        note = "activated although it failed its gate: " + ("; ".join(failures) or "no reason recorded")
+    ModelActivation.objects.create(
+        model_version=version, previous=previous, activated_by=activated_by, source=source, note=note
+    )
     version.is_active = True
-    # This process looks again at once; other workers within DIGIT_MODEL_CHECK_SECONDS.
+    # This process looks again at once (its own connection already sees the switch) and again once it is
+    # committed (its other threads see it then); other workers within DIGIT_MODEL_CHECK_SECONDS.
     model_cache.check_active_version_now()
+    transaction.on_commit(model_cache.check_active_version_now)
     return version
 
 

@@ -8,6 +8,7 @@ app_name = "predictor"
 urlpatterns = [
     path("", views.index, name="index"),
     path("history/", views.history, name="history"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("drawings/<uuid:drawing_id>/image", views.drawing_image, name="drawing-image"),
     path("api/predictions/", api.PredictionCreateApi.as_view(), name="prediction-create"),
     path("api/predictions/<uuid:drawing_id>/", api.PredictionDetailApi.as_view(), name="prediction-detail"),

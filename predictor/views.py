@@ -1,8 +1,9 @@
-"""Pages: the canvas, the visitor's history, and drawing images for those allowed to see them."""
+"""Pages: the canvas, the visitor's history, drawing images for those allowed to see them, and the icon."""
 
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.http import require_safe
 
 from predictor import selectors, services
@@ -40,3 +41,10 @@ def drawing_image(request, drawing_id):
     response = FileResponse(image)
     response["Cache-Control"] = "private, max-age=86400"
     return response
+
+
+@require_safe
+def favicon(request):
+    """Return a redirect to the site's icon, for browsers that ask /favicon.ico on pages that link none."""
+    # Temporary: a cached permanent redirect would outlive the hashed name after the next deploy.
+    return redirect(static("favicon.ico"))

@@ -22,6 +22,7 @@ def fresh_model_state(settings, tmp_path):
     """Give each test its own media and model folders and a process with no model loaded."""
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.DIGIT_MODEL_ROOT = tmp_path / "models"
+    settings.DIGIT_MODEL_CACHE = tmp_path / "model-cache"
     model_cache.forget_loaded_models()
     yield
     model_cache.forget_loaded_models()

@@ -417,23 +417,6 @@ def test_canvas_accuracy_measured_on_no_drawings_is_shown_as_unknown(admin_clien
 
 
 @pytest.mark.django_db
-def test_activate_action_switches_the_active_version_and_logs_it(admin_client, model_version):
-    second = ModelVersion.objects.create(version=2, tflite="v2/model.tflite", keras="v2/model.keras")
-    url = reverse("admin:predictor_modelversion_changelist")
-
-    run_action(admin_client, "activate_version", [second], url=url)
-    assert list(ModelVersion.objects.filter(is_active=True)) == [second]
-    assert LogEntry.objects.get(object_id=str(second.id)).get_change_message() == "Activated."
-
-    response = run_action(admin_client, "activate_version", [model_version, second], url=url)
-    assert "Select exactly one version" in response.content.decode()
-    assert list(ModelVersion.objects.filter(is_active=True)) == [second]
-
-    run_action(admin_client, "activate_version", [model_version], url=url)  # rolling back is the same action
-    assert list(ModelVersion.objects.filter(is_active=True)) == [model_version]
-
-
-@pytest.mark.django_db
 def test_dashboard_shows_accuracy_confusion_and_dataset_size(reviewer_client, mixed, make_drawing):
     make_drawing(predicted_label=5, confidence=0.9, true_label=5)
     response = reviewer_client.get(DASHBOARD)

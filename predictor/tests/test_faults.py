@@ -85,7 +85,7 @@ elif mode == "swap":
     swaps, deadline = 0, time.monotonic() + 60
     while not os.path.exists(args["stop"]) and time.monotonic() < deadline:
         swaps += 1
-        services.model_version_activate(version=versions[swaps % len(versions)])
+        services.model_version_activate(version=versions[swaps % len(versions)], source="command")
         if swaps == 2:
             open(args["started"], "w").close()
         time.sleep(args["pause"])

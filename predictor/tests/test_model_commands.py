@@ -6,8 +6,13 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from predictor import services
-from predictor.models import ModelVersion
-from predictor.tests.conftest import canvas_png, data_url
+from predictor.models import ModelActivation, ModelVersion
+from predictor.tests.conftest import data_url
+
+
+@pytest.fixture(autouse=True)
+def local_model_copies(settings, tmp_path):
+    settings.DIGIT_MODEL_CACHE = tmp_path / "model-cache"
 
 
 @pytest.fixture
@@ -64,19 +69,28 @@ def test_activating_an_unknown_version_names_the_known_ones(second_version):
 def test_a_version_whose_model_cannot_load_is_not_activated(second_version):
     version_1 = ModelVersion.objects.get(version=1)
     Path(version_1.tflite.path).write_bytes(b"not a model")
-    with pytest.raises(CommandError, match="Version 1 cannot be served"):
+    with pytest.raises(CommandError, match="Model version 1 cannot be loaded: its file v1/model.tflite does not match"):
         run("activate_model", "1")
     assert ModelVersion.objects.get(is_active=True).version == 2
+    assert ModelActivation.objects.filter(model_version__version=1, source="command").count() == 0
 
 
 @pytest.mark.django_db
-def test_activating_a_version_that_failed_its_gate_warns(second_version):
+def test_a_version_that_failed_its_gate_is_activated_only_with_confirmation(second_version):
     ModelVersion.objects.filter(version=1).update(
         metrics={"gate": {"passed": False, "reasons": ["MNIST test: dropped too far"]}}
     )
-    output = run("activate_model", "1")
-    assert "failed its promotion gate" in output and "dropped too far" in output
+    with pytest.raises(CommandError, match="failed its promotion gate .*dropped too far.*--confirm-failed-gate"):
+        run("activate_model", "1")
+    assert ModelVersion.objects.get(is_active=True).version == 2
+
+    output = run("activate_model", "1", "--confirm-failed-gate")
+    assert "failed its promotion gate" in output and "Version 1 now answers predictions" in output
     assert ModelVersion.objects.get(is_active=True).version == 1
+    activation = ModelActivation.objects.first()
+    assert (activation.model_version.version, activation.previous.version) == (1, 2)
+    assert activation.source == "command" and activation.activated_by is None
+    assert activation.note == "activated although it failed its gate: MNIST test: dropped too far"
 
 
 @pytest.mark.django_db

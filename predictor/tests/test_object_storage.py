@@ -171,15 +171,6 @@ def test_purge_orphan_files_lists_the_bucket_and_deletes_only_old_orphans(make_d
     assert bucket.keys("drawings/2025/") == [kept]
 
 
-# Registration copies the artefacts through the storage API, but then test-loads the copy from
-# FieldFile.path (predictor.services.model_version_register), and the worker loads it the same way
-# (predictor.model_cache.active_classifier): a bucket has no local path. When both read through the
-# storage API instead, this test passes and strict=True makes that known: remove the mark then.
-@pytest.mark.xfail(
-    raises=NotImplementedError,
-    strict=True,
-    reason="model registration and loading still use FieldFile.path, which object storage does not have",
-)
 @pytest.mark.django_db
 def test_a_registered_model_lands_under_models_in_the_bucket_and_is_served_from_it(api_client, digit_png, use_s3):
     bucket = use_s3()

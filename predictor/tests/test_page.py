@@ -343,3 +343,11 @@ def test_pages_have_no_serious_accessibility_violations(page):
     assert blocking_violations(page) == []
     page.emulate_media(color_scheme="dark")
     assert blocking_violations(page) == []
+
+
+def test_favicon_ico_redirects_to_the_static_icon(client):
+    from django.templatetags.static import static
+
+    answer = client.get("/favicon.ico")
+    assert answer.status_code == 302 and answer["Location"] == static("favicon.ico")
+    assert client.head("/favicon.ico").status_code == 302

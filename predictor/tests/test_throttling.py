@@ -10,7 +10,6 @@ from django.core.cache import cache
 from django.test import RequestFactory
 from rest_framework.throttling import ScopedRateThrottle
 
-from predictor import api
 from predictor.models import Drawing
 from predictor.tests.conftest import data_url
 from predictor.throttling import ClientRateThrottle, client_address
@@ -18,13 +17,6 @@ from predictor.throttling import ClientRateThrottle, client_address
 CREATE_URL = "/api/predictions/"
 LOGIN_URL = "/admin/login/?next=/admin/"
 PASSWORD = "a long staff password"
-
-
-@pytest.fixture(autouse=True)
-def api_counts_with_client_rate_throttle(monkeypatch):
-    """Have the API's views count with predictor.throttling's throttle, the one they are meant to import."""
-    for view in (api.PredictionCreateApi, api.PredictionFeedbackApi):
-        monkeypatch.setattr(view, "throttle_classes", [ClientRateThrottle])
 
 
 @pytest.fixture
