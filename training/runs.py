@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.db.models import Q, Value
 from django.db.models.functions import Concat
@@ -172,8 +172,13 @@ def retrain_run_execute(*, run_id: int, stdout: TextIO | None = None) -> str:
     except AlreadyRunning as error:
         retrain_run_wait(run=run, reason=str(error))
         return f"still queued: {error}"
-    # The same code as a run from the command line; it records its output, progress and end in the run.
-    call_command("retrain", run=run.pk, stdout=stdout or sys.stdout, **run.options)
+    try:
+        # The same code as a run from the command line; it records its output, progress and end in the run.
+        call_command("retrain", run=run.pk, stdout=stdout or sys.stdout, **run.options)
+    except CommandError:
+        # A failure the command explains (too few reviewed drawings, say), already in the run's log and
+        # status: the task did its work. Anything unexpected propagates, and the task keeps its traceback.
+        pass
     run.refresh_from_db()
     return run.status
 

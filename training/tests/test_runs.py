@@ -10,7 +10,7 @@ from django_tasks_db.models import DBTaskResult
 
 from predictor import services
 from predictor.models import ModelVersion, RetrainRun
-from predictor.tasks import retrain_run_request
+from predictor.tasks import retrain_run_execute, retrain_run_request
 from training import runs
 from training.tests.test_retrain import reviewed  # noqa: F401 (a fixture)
 
@@ -79,6 +79,19 @@ def test_a_queued_run_is_executed_by_the_worker_and_ends_with_its_log_and_versio
     assert "evaluating the new model" in seen and "recording the new version" in seen
     task.refresh_from_db()
     assert task.status == "SUCCESSFUL" and task.return_value == Status.PASSED
+
+
+@pytest.mark.django_db
+def test_a_queued_run_that_cannot_train_ends_failed_and_says_why(make_drawing, admin_user):
+    services.drawing_relabel(drawings=[make_drawing() for _ in range(3)], true_label=5, reviewer=admin_user)
+    run = retrain_run_request(requested_by=admin_user, source="admin", options={})
+
+    assert retrain_run_execute.call(run.pk) == Status.FAILED
+
+    run.refresh_from_db()
+    assert run.finished_at and run.model_version is None and ModelVersion.objects.get().is_active
+    assert run.log.startswith(f"Retrain #{run.pk} on {runs.HOST}, asked for by {admin_user.username}.")
+    assert run.log.rstrip().endswith("or lower --min-examples.") and run.progress.startswith("failed: Only 3 reviewed")
 
 
 @pytest.mark.django_db
