@@ -712,13 +712,12 @@ class RetrainRunAdmin(admin.ModelAdmin):
     list_filter = ("status", "source")
     list_select_related = ("requested_by", "model_version")
     fieldsets = (
-        (None, {"fields": ("status", "progress", "model_version", "requester", "source", "options_given")}),
+        # Status and progress head the page (templates/admin/predictor/retrainrun/change_form.html).
+        (None, {"fields": ("model_version", "requester", "source", "options_given")}),
         (_("When and where"), {"fields": ("created_at", "started_at", "heartbeat_at", "finished_at", "host")}),
         (_("Log"), {"fields": ("log_text",)}),
     )
     readonly_fields = (
-        "status",
-        "progress",
         "model_version",
         "requester",
         "source",

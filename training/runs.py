@@ -8,6 +8,7 @@ last sign of life is older than STALE_AFTER, the next run to start marks it fail
 stopped") and takes its place.
 """
 
+import contextlib
 import re
 import socket
 import sys
@@ -172,13 +173,11 @@ def retrain_run_execute(*, run_id: int, stdout: TextIO | None = None) -> str:
     except AlreadyRunning as error:
         retrain_run_wait(run=run, reason=str(error))
         return f"still queued: {error}"
-    try:
+    # A failure the command explains (too few reviewed drawings, say) is in the run's log and status: the
+    # task did its work. Anything unexpected propagates, and the task result keeps its traceback.
+    with contextlib.suppress(CommandError):
         # The same code as a run from the command line; it records its output, progress and end in the run.
         call_command("retrain", run=run.pk, stdout=stdout or sys.stdout, **run.options)
-    except CommandError:
-        # A failure the command explains (too few reviewed drawings, say), already in the run's log and
-        # status: the task did its work. Anything unexpected propagates, and the task keeps its traceback.
-        pass
     run.refresh_from_db()
     return run.status
 

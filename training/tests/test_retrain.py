@@ -14,6 +14,7 @@ from predictor import services
 from predictor.models import Drawing, ModelVersion, RetrainRun
 from predictor.tests.conftest import canvas_png, data_url
 from training import retraining
+from training.management.commands.retrain import UNCHANGED
 from training.retraining import Score
 
 CHANGELIST = reverse("admin:predictor_drawing_changelist")
@@ -227,7 +228,7 @@ def test_too_few_reviewed_drawings_stop_with_advice(reviewed, settings):
     assert site_state(settings) == before
     run = RetrainRun.objects.get()
     assert run.status == RetrainRun.Status.FAILED and run.model_version is None and run.finished_at
-    assert run.progress.startswith(f"failed: Only {DRAWINGS} reviewed drawings") and "Label more" in run.log
+    assert run.progress.startswith(f"Only {DRAWINGS} reviewed drawings") and "Label more" in run.log
 
 
 def fail(exception):
@@ -256,9 +257,8 @@ def test_a_run_failing_at_any_point_leaves_everything_as_it_was(reviewed, settin
     # The run is recorded as failed, with why (an unexpected error with its traceback) at the end of its log.
     run = RetrainRun.objects.get()
     assert run.status == RetrainRun.Status.FAILED and run.model_version is None
-    assert run.progress.startswith("failed: ") and run.log.rstrip().splitlines()[-1].endswith(
-        "RuntimeError: fine-tuning broke" if "broke" in reported else "the served model are unchanged."
-    )
+    last_line = "RuntimeError: fine-tuning broke" if "broke" in reported else f"Interrupted: {UNCHANGED}"
+    assert run.progress == last_line and run.log.rstrip().splitlines()[-1] == last_line
 
 
 @pytest.mark.django_db

@@ -91,7 +91,7 @@ def test_a_queued_run_that_cannot_train_ends_failed_and_says_why(make_drawing, a
     run.refresh_from_db()
     assert run.finished_at and run.model_version is None and ModelVersion.objects.get().is_active
     assert run.log.startswith(f"Retrain #{run.pk} on {runs.HOST}, asked for by {admin_user.username}.")
-    assert run.log.rstrip().endswith("or lower --min-examples.") and run.progress.startswith("failed: Only 3 reviewed")
+    assert run.log.rstrip().endswith("or lower --min-examples.") and run.progress.startswith("Only 3 reviewed")
 
 
 @pytest.mark.django_db

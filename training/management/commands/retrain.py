@@ -160,7 +160,7 @@ class Command(BaseCommand):
             # Into the log only: the terminal gets the error from Django as always (or the traceback).
             runs.retrain_run_append(run=run, text=f"{reason}\n")
             last_line = reason.splitlines()[-1] if reason else type(error).__name__
-            runs.retrain_run_finish(run=run, status=RetrainRun.Status.FAILED, progress=f"failed: {last_line}")
+            runs.retrain_run_finish(run=run, status=RetrainRun.Status.FAILED, progress=last_line)
             if isinstance(error, KeyboardInterrupt):
                 # Nothing is recorded before the registration, which rolls itself back: nothing changed.
                 raise CommandError(f"Interrupted: {UNCHANGED}") from None
