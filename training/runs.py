@@ -18,11 +18,11 @@ from typing import Any, TextIO
 
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Value
+from django.db.models import Q, TextField, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from predictor import selectors
+from predictor import selectors, tasks
 from predictor.models import RetrainRun
 
 # A run writes a sign of life at each step and each line it reports: reading the reviewed drawings
@@ -57,6 +57,11 @@ def when(moment: datetime | None) -> str:
     return "never" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
+def log_with(text: str) -> Concat:
+    """Return a run's log with `text` appended, as an expression: the database appends, so no line is lost to a race."""
+    return Concat("log", Value(text), output_field=TextField())
+
+
 def describe_running() -> str:
     """Return why a run cannot start now: which run is running, where, and since when."""
     running = RetrainRun.objects.filter(status=Status.RUNNING).first()
@@ -85,7 +90,7 @@ def fail_stale_runs(*, now: datetime | None = None) -> list[int]:
         )
         # Still running and still silent: only one of two hosts doing this at once writes the note.
         if RetrainRun.objects.filter(id=run.pk, status=Status.RUNNING, heartbeat_at=run.heartbeat_at).update(
-            status=Status.FAILED, finished_at=now, progress="worker stopped", log=Concat("log", Value(note))
+            status=Status.FAILED, finished_at=now, progress="worker stopped", log=log_with(note)
         ):
             failed.append(run.pk)
     return failed
@@ -135,7 +140,7 @@ def retrain_run_beat(*, run: RetrainRun, progress: str | None = None) -> None:
 
 def retrain_run_append(*, run: RetrainRun, text: str) -> None:
     """Append `text` to the log of `run`, a sign of life too."""
-    RetrainRun.objects.filter(id=run.pk).update(log=Concat("log", Value(text)), heartbeat_at=timezone.now())
+    RetrainRun.objects.filter(id=run.pk).update(log=log_with(text), heartbeat_at=timezone.now())
 
 
 def retrain_run_finish(*, run: RetrainRun, status: str, progress: str = "", version: Any = None) -> RetrainRun:
@@ -150,14 +155,12 @@ def retrain_run_finish(*, run: RetrainRun, status: str, progress: str = "", vers
 
 def retrain_run_wait(*, run: RetrainRun, reason: str) -> None:
     """Leave `run` queued and try its task again after RETRY_AFTER, saying why in its progress (and once in its log)."""
-    from predictor.tasks import retrain_run_execute
-
     progress = f"waiting: {reason}"[:255]
     if run.progress != progress:
         RetrainRun.objects.filter(id=run.pk, status=Status.QUEUED).update(
-            progress=progress, log=Concat("log", Value(f"Waiting: {reason}\n"))
+            progress=progress, log=log_with(f"Waiting: {reason}\n")
         )
-    retrain_run_execute.using(run_after=timezone.now() + RETRY_AFTER).enqueue(run.pk)
+    tasks.retrain_run_execute.using(run_after=timezone.now() + RETRY_AFTER).enqueue(run.pk)
 
 
 def retrain_run_execute(*, run_id: int, stdout: TextIO | None = None) -> str:
