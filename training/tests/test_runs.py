@@ -72,7 +72,7 @@ def test_a_queued_run_is_executed_by_the_worker_and_ends_with_its_log_and_versio
     assert run.host == runs.HOST and run.started_at <= run.heartbeat_at <= run.finished_at
     assert run.progress == "version 2 passed the gate and is served"
     # The command's report and Keras's epoch lines, without a progress bar's redraws.
-    assert run.log.startswith(f"Retrain #{run.pk} on {runs.HOST}, asked for by admin.")
+    assert run.log.startswith(f"Retrain #{run.pk} on {runs.HOST} (admin).")
     assert "Epoch 2/2" in run.log and "Gate passed" in run.log and "Version 2 is now active" in run.log
     assert "\b" not in run.log and "\r" not in run.log
     assert [p for p in seen if p.startswith("fine-tuning")] == ["fine-tuning: epoch 1/2", "fine-tuning: epoch 2/2"]
@@ -90,7 +90,7 @@ def test_a_queued_run_that_cannot_train_ends_failed_and_says_why(make_drawing, a
 
     run.refresh_from_db()
     assert run.finished_at and run.model_version is None and ModelVersion.objects.get().is_active
-    assert run.log.startswith(f"Retrain #{run.pk} on {runs.HOST}, asked for by {admin_user.username}.")
+    assert run.log.startswith(f"Retrain #{run.pk} on {runs.HOST} (admin, asked for by {admin_user.username}).")
     assert run.log.rstrip().endswith("or lower --min-examples.") and run.progress.startswith("Only 3 reviewed")
 
 

@@ -150,8 +150,8 @@ class Command(BaseCommand):
         self.run = run
         log = runs.RunLog(run, echo=echo)
         self.stdout = OutputWrapper(log)
-        asked = run.requested_by.get_username() if run.requested_by else run.source
-        self.stdout.write(f"Retrain #{run.pk} on {run.host}, asked for by {asked}.")
+        asked = f", asked for by {run.requested_by.get_username()}" if run.requested_by else ""
+        self.stdout.write(f"Retrain #{run.pk} on {run.host} ({run.source}{asked}).")
         try:
             version, decision, activated = self.retrain(run)
         except BaseException as error:
