@@ -44,7 +44,11 @@ setup: install .env
 	$(BIN)/python manage.py createcachetable
 	$(BIN)/python manage.py register_base_model
 
+# The development server and, beside it, the task worker that executes the retrain runs asked for
+# in the admin ("Retrain now"); Ctrl-C stops both.
 run: setup
+	$(BIN)/python manage.py db_worker --no-reload & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null' INT TERM EXIT; \
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 # The site as in production: gunicorn (gunicorn.conf.py; WORKERS and THREADS), DEBUG off, static files

@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    "django_tasks",
+    "django_tasks_db",
     "predictor",
     "training",
 ]
@@ -79,6 +81,10 @@ TEMPLATES = [
 ]
 
 WSGI_APPLICATION = "digitsite.wsgi.application"
+
+# Background tasks (retraining) are rows in a table of the site's database, executed by `manage.py db_worker`:
+# no queue server to run, on SQLite as on PostgreSQL (where workers take tasks with FOR UPDATE SKIP LOCKED).
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
 
 
 # Database: a SQLite file under var/ unless DATABASE_URL says otherwise (e.g. postgres://...).

@@ -10,6 +10,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.exceptions import PermissionDenied
 from django.db.models import BooleanField, ExpressionWrapper
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.formats import date_format
@@ -19,8 +20,8 @@ from django.utils.timezone import localtime
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from predictor import charts, selectors, services
-from predictor.models import Drawing, ModelActivation, ModelVersion
+from predictor import charts, selectors, services, tasks
+from predictor.models import Drawing, ModelActivation, ModelVersion, RetrainRun
 
 # (parameter value, label, lower bound inclusive, upper bound exclusive) of the confidence filter.
 CONFIDENCE_BANDS = (
@@ -755,3 +756,112 @@ def _duration(seconds) -> str | None:
     if seconds < 5400:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+class RetrainRequestForm(forms.Form):
+    """What staff may choose when they ask for a retrain from the admin; everything else is the command's default."""
+
+    no_activate = forms.BooleanField(
+        label=_("Record the new version without serving it"),
+        required=False,
+        help_text=_("Otherwise the new version is served as soon as it passes the gate."),
+    )
+
+
+@admin.register(RetrainRun)
+class RetrainRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "status",
+        "requester",
+        "source",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "progress",
+        "model_version",
+    )
+    list_filter = ("status", "source")
+    list_select_related = ("requested_by", "model_version")
+    fieldsets = (
+        # Status and progress head the page (templates/admin/predictor/retrainrun/change_form.html).
+        (None, {"fields": ("model_version", "requester", "source", "options_given")}),
+        (_("When and where"), {"fields": ("created_at", "started_at", "heartbeat_at", "finished_at", "host")}),
+        (_("Log"), {"fields": ("log_text",)}),
+    )
+    readonly_fields = (
+        "model_version",
+        "requester",
+        "source",
+        "options_given",
+        "created_at",
+        "started_at",
+        "heartbeat_at",
+        "finished_at",
+        "host",
+        "log_text",
+    )
+
+    @admin.display(description=_("requested by"), ordering="requested_by__username")
+    def requester(self, run):
+        # Plain text, not the admin's link to the user: staff who may retrain may not manage users.
+        return run.requested_by.get_username() if run.requested_by else self.get_empty_value_display()
+
+    @admin.display(description=_("options"))
+    def options_given(self, run):
+        if not run.options:
+            return _("the retrain command's defaults")
+        return " ".join(
+            f"--{name.replace('_', '-')}" + ("" if value is True else f" {value}")
+            for name, value in run.options.items()
+        )
+
+    @admin.display(description=_("log"))
+    def log_text(self, run):
+        return format_html('<pre class="run-log">{}</pre>', run.log or gettext("Nothing written yet."))
+
+    def has_add_permission(self, request):
+        # Runs are asked for with "Retrain now" (or the command), never written by hand.
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        # The record of what was trained, and when, stays.
+        return False
+
+    def get_urls(self):
+        request_run = self.admin_site.admin_view(self.request_view)
+        return [path("request/", request_run, name="predictor_retrainrun_request"), *super().get_urls()]
+
+    def request_view(self, request):
+        """Return the "Retrain now" form; a valid POST queues a run and redirects to its page."""
+        if not (self.has_view_permission(request) and request.user.has_perm("predictor.start_retrainrun")):
+            raise PermissionDenied
+        form = RetrainRequestForm(request.POST if request.method == "POST" else None)
+        if form.is_valid():
+            options = {"no_activate": True} if form.cleaned_data["no_activate"] else {}
+            try:
+                run = tasks.retrain_run_request(requested_by=request.user, source="admin", options=options)
+            except tasks.RetrainAlreadyQueued as error:
+                self.message_user(request, str(error), messages.WARNING)
+                return HttpResponseRedirect(reverse("admin:predictor_retrainrun_changelist"))
+            self.log_addition(request, run, gettext("Asked for with Retrain now."))
+            self.message_user(
+                request,
+                gettext("Retrain #%(id)d is queued; the task worker starts it.") % {"id": run.pk},
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(reverse("admin:predictor_retrainrun_change", args=[run.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Retrain now"),
+            "opts": self.opts,
+            "form": form,
+            "pending": RetrainRun.objects.filter(
+                status__in=[RetrainRun.Status.QUEUED, RetrainRun.Status.RUNNING]
+            ).order_by("created_at"),
+            "dataset_size": selectors.finetuning_dataset().count(),
+        }
+        return TemplateResponse(request, "admin/predictor/retrainrun/request.html", context)

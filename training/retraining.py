@@ -1,13 +1,11 @@
 """The plain parts of `manage.py retrain`: the dataset split by drawing id, the MNIST replay sample, the scores,
-the promotion gate, the report and the one-run-at-a-time lock. No Django and no TensorFlow, so a dry run loads
-neither model nor framework.
+the promotion gate and the report. No Django and no TensorFlow, so a dry run loads neither model nor framework.
+(One run at a time, and each run's record, are in training/runs.py.)
 """
 
-import fcntl
 import hashlib
 import os
-from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,10 +25,6 @@ CLASS_MARGIN = 0.01
 # this share of them would have to change digit to match. Reviews of one site drift slowly; a sudden
 # jump is worth a look (a reviewer relabelling a whole digit, or deliberately skewed labels).
 LABEL_SHIFT_LIMIT = 0.3
-
-
-class AlreadyRunning(RuntimeError):
-    """Another retrain holds the lock."""
 
 
 class Reviewed(Protocol):
@@ -349,31 +343,3 @@ def dataset_summary(dataset: Dataset, *, replay: int) -> list[str]:
         f"  labels: {labels}",
         f"MNIST replay digits mixed in: {replay}",
     ]
-
-
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the file `path` for the block; raise AlreadyRunning if another process has it.
-
-    The operating system drops a flock() when its process ends, however it ends, so a crashed run
-    never leaves the lock behind. It only excludes processes on this machine.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            holder = file.read().strip() or "unknown"
-            raise AlreadyRunning(
-                f"Another retrain is running (process {holder}); wait for it to finish. "
-                f"The lock ({path}) is released as soon as that process ends."
-            ) from None
-        file.seek(0)
-        file.truncate()
-        file.write(f"{os.getpid()}\n")
-        file.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)

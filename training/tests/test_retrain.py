@@ -1,7 +1,6 @@
 import dataclasses
 import io
-import subprocess
-import sys
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,12 +8,13 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
+from django.utils import timezone
 
 from predictor import services
-from predictor.models import Drawing, ModelVersion
+from predictor.models import Drawing, ModelVersion, RetrainRun
 from predictor.tests.conftest import canvas_png, data_url
 from training import retraining
-from training.management.commands.retrain import LOCK_FILE
+from training.management.commands.retrain import UNCHANGED
 from training.retraining import Score
 
 CHANGELIST = reverse("admin:predictor_drawing_changelist")
@@ -67,7 +67,7 @@ def retrain(*arguments):
 def site_state(settings) -> tuple:
     """Return everything a retrain may change: the files in model storage and the registry rows."""
     root = Path(settings.DIGIT_MODEL_ROOT)
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != LOCK_FILE)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     rows = list(ModelVersion.objects.order_by("version").values_list("version", "is_active", "tflite", "keras"))
     return files, rows
 
@@ -98,6 +98,14 @@ def test_retrain_learns_from_reviewed_drawings_serves_the_result_and_rolls_back(
     assert new.is_active and new.parent.version == 1
     assert not ModelVersion.objects.get(version=1).is_active
     assert "Gate passed" in output and "Version 2 is now active" in output
+    # The run is recorded with everything it wrote, and ends with the version it made.
+    run = RetrainRun.objects.get()
+    assert run.status == RetrainRun.Status.PASSED and run.source == "command" and run.model_version == new
+    assert run.options == {"epochs": 1, "min_examples": 10, "mnist_margin": 0.02, "replay": 200}
+    assert run.progress == "version 2 passed the gate and is served"
+    assert run.started_at <= run.heartbeat_at <= run.finished_at and run.host
+    assert output.startswith(f"Retrain #{run.pk} on {run.host}") and run.log.startswith(output.splitlines()[0])
+    assert "Gate passed" in run.log and "Version 2 is now active" in run.log
     assert f"skipped drawing {missing.id}" in output and f"skipped drawing {corrupt.id}" in output
     data = new.training_data
     assert sorted(data["drawing_ids"] + data["heldout_ids"]) == sorted(str(i) for i in reviewed[2:])
@@ -142,6 +150,9 @@ def test_gate_refuses_a_model_taught_by_reviews_that_call_4s_9s(poisoned, api_cl
     assert "Gate FAILED" in output and "MNIST test digit 4:" in output and "version 1 still serves" in output
     assert refused.training_data["label_counts"][9] >= POISONED and refused.training_data["label_counts"][4] == 0
     assert served_version(api_client, mnist_train) == 1
+    run = RetrainRun.objects.get()
+    assert run.status == RetrainRun.Status.FAILED_GATE and run.model_version == refused
+    assert run.progress == "version 2 recorded, not served" and "Gate FAILED" in run.log
 
 
 @pytest.mark.django_db
@@ -182,6 +193,9 @@ def test_force_serves_a_model_that_fails_the_gate_and_says_so_loudly(reviewed, a
     assert forced.metrics["gate"]["passed"] is False and forced.metrics["gate"]["forced"] is True
     assert "FORCED: version 2 failed the gate and is now served anyway" in output
     assert "gate FAILED, activated with --force" in forced.notes
+    run = RetrainRun.objects.get()
+    assert run.status == RetrainRun.Status.FAILED_GATE and run.options["force"] is True
+    assert run.progress == "version 2 failed the gate and is served anyway (--force)"
     assert served_version(api_client, mnist_train) == 2
 
 
@@ -203,6 +217,7 @@ def test_dry_run_reports_the_dataset_and_changes_nothing(reviewed, settings):
     assert f"reviewed drawings: {DRAWINGS} usable, 0 skipped" in output
     assert "MNIST replay digits mixed in: 200" in output and "Dry run" in output
     assert site_state(settings) == before
+    assert not RetrainRun.objects.exists()
 
 
 @pytest.mark.django_db
@@ -211,6 +226,9 @@ def test_too_few_reviewed_drawings_stop_with_advice(reviewed, settings):
     with pytest.raises(CommandError, match="Label more in the admin"):
         retrain("--min-examples", str(DRAWINGS + 1))
     assert site_state(settings) == before
+    run = RetrainRun.objects.get()
+    assert run.status == RetrainRun.Status.FAILED and run.model_version is None and run.finished_at
+    assert run.progress.startswith(f"Only {DRAWINGS} reviewed drawings") and "Label more" in run.log
 
 
 def fail(exception):
@@ -236,34 +254,40 @@ def test_a_run_failing_at_any_point_leaves_everything_as_it_was(reviewed, settin
         retrain(*TINY, "--force")
     assert site_state(settings) == before
     assert ModelVersion.objects.get(is_active=True).version == 1
+    # The run is recorded as failed, with why (an unexpected error with its traceback) at the end of its log.
+    run = RetrainRun.objects.get()
+    assert run.status == RetrainRun.Status.FAILED and run.model_version is None
+    last_line = "RuntimeError: fine-tuning broke" if "broke" in reported else f"Interrupted: {UNCHANGED}"
+    assert run.progress == last_line and run.log.rstrip().splitlines()[-1] == last_line
 
 
 @pytest.mark.django_db
-def test_a_second_run_fails_fast_while_one_holds_the_lock(reviewed, settings):
-    with retraining.exclusive_lock(Path(settings.DIGIT_MODEL_ROOT) / LOCK_FILE):
-        with pytest.raises(CommandError, match="Another retrain is running"):
-            retrain(*TINY)
-
-
-def test_a_crashed_run_does_not_leave_the_lock_held(tmp_path):
-    lock = tmp_path / LOCK_FILE
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from training import retraining\n"
-         f"with retraining.exclusive_lock(__import__('pathlib').Path({str(lock)!r})):\n"
-         "    print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE,
-        text=True,
+def test_a_second_run_fails_fast_while_one_is_running_on_any_host(reviewed, settings):
+    now = timezone.now()
+    running = RetrainRun.objects.create(
+        status=RetrainRun.Status.RUNNING, source="admin", host="trainer-2", started_at=now, heartbeat_at=now
     )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(retraining.AlreadyRunning, match=str(holder.pid)):
-            with retraining.exclusive_lock(lock):
-                pass
-    finally:
-        holder.kill()
-        holder.wait()
-    with retraining.exclusive_lock(lock):
-        pass
+    before = site_state(settings)
+    with pytest.raises(CommandError, match=f"Another retrain is running: #{running.pk} on trainer-2"):
+        retrain(*TINY)
+    assert site_state(settings) == before
+    # Refused before it began: the refused run leaves no row behind.
+    assert list(RetrainRun.objects.all()) == [running]
+
+
+@pytest.mark.django_db
+def test_a_run_whose_worker_stopped_is_marked_failed_and_no_longer_blocks(reviewed):
+    long_ago = timezone.now() - timedelta(hours=1)
+    stale = RetrainRun.objects.create(
+        status=RetrainRun.Status.RUNNING, source="admin", host="trainer-2", started_at=long_ago, heartbeat_at=long_ago
+    )
+    # Stops before any training, which is enough to show it started.
+    with pytest.raises(CommandError, match="Label more in the admin"):
+        retrain("--min-examples", str(DRAWINGS + 1))
+    stale.refresh_from_db()
+    assert stale.status == RetrainRun.Status.FAILED and stale.progress == "worker stopped"
+    assert "Worker stopped: no sign of life from trainer-2" in stale.log
+    assert RetrainRun.objects.exclude(id=stale.id).get().status == RetrainRun.Status.FAILED
 
 
 def test_held_out_split_is_by_id_and_stable():

@@ -1,15 +1,21 @@
+import argparse
+import contextlib
+import re
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
 from predictor import selectors, services
-from predictor.models import ModelVersion
-from training import retraining
+from predictor.models import ModelVersion, RetrainRun
+from predictor.tasks import RUN_OPTIONS, RetrainAlreadyQueued, retrain_run_request
+from training import retraining, runs
 from training.config import FinetuneConfig, override
 from training.data import load_mnist
 from training.retraining import Dataset, Decision, LabelShift, Scores
@@ -17,15 +23,19 @@ from training.retraining import Dataset, Decision, LabelShift, Scores
 if TYPE_CHECKING:
     import keras
 
-LOCK_FILE = ".retrain.lock"
 MAX_SKIPPED_LISTED = 20
+EPOCH_LINE = re.compile(r"Epoch (\d+)/(\d+)")  # what Keras prints as each epoch begins
+UNCHANGED = "the model registry and the served model are unchanged."
+
+Item = TypeVar("Item")
 
 
 class Command(BaseCommand):
     help = (
         "Fine-tune the active model on the reviewed drawings mixed with MNIST digits, record the result as a new "
         "model version and serve it only if it is no worse: not worse on held-out reviewed drawings, and MNIST "
-        "test accuracy, overall and for each digit, within a margin. A failed or interrupted run changes nothing."
+        "test accuracy, overall and for each digit, within a margin. A failed or interrupted run changes nothing. "
+        "Each run is recorded as a retrain run (admin: Retrain runs); one runs at a time, on every host."
     )
 
     # Read once from the options by handle().
@@ -35,68 +45,163 @@ class Command(BaseCommand):
     class_margin: float
     no_activate: bool
     force: bool
+    # The run being executed; None for a dry run, which records nothing.
+    run: RetrainRun | None = None
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--epochs", type=int, help=f"passes over the training mix (default {FinetuneConfig.epochs})")
         parser.add_argument(
             "--replay", type=int, metavar="N", help=f"MNIST training digits mixed in (default {FinetuneConfig.replay_size})"
         )
+        # Defaults are None and resolved in handle(), so a run records only the options it was given.
         parser.add_argument(
             "--min-examples",
             type=int,
-            default=settings.DIGIT_RETRAIN_MIN_EXAMPLES,
-            help="stop unless at least this many reviewed drawings are usable (default %(default)s)",
+            help=f"stop unless at least this many reviewed drawings are usable (default {settings.DIGIT_RETRAIN_MIN_EXAMPLES})",
         )
         parser.add_argument(
             "--mnist-margin",
             type=float,
-            default=settings.DIGIT_RETRAIN_MNIST_MARGIN,
-            help="largest allowed drop in MNIST test accuracy, as a fraction (default %(default)s = 0.2 points)",
+            help="largest allowed drop in MNIST test accuracy, as a fraction "
+            f"(default {settings.DIGIT_RETRAIN_MNIST_MARGIN} = {100 * settings.DIGIT_RETRAIN_MNIST_MARGIN:g} points)",
         )
         parser.add_argument(
             "--class-margin",
             type=float,
-            default=settings.DIGIT_RETRAIN_CLASS_MARGIN,
             help="largest allowed drop in any one digit's MNIST test accuracy, as a fraction "
-            "(default %(default)s; 0.01 = 1 point)",
+            f"(default {settings.DIGIT_RETRAIN_CLASS_MARGIN}; 0.01 = 1 point)",
         )
         parser.add_argument("--seed", type=int, help=f"random seed (default {FinetuneConfig.seed})")
         parser.add_argument("--dry-run", action="store_true", help="report what would be trained on; change nothing")
         served = parser.add_mutually_exclusive_group()
         served.add_argument("--no-activate", action="store_true", help="train and record the version, do not serve it")
         served.add_argument("--force", action="store_true", help="serve the new version even if it fails the gate")
+        parser.add_argument(
+            "--if-new",
+            type=int,
+            metavar="N",
+            help="retrain only if at least N reviews were made since the last run that passed or failed the gate "
+            "(and none is queued or running); otherwise say why and exit 0. For cron",
+        )
+        parser.add_argument(
+            "--queue", action="store_true", help="queue the run for the task worker (manage.py db_worker) and return"
+        )
+        # Not for people: the task worker executes a run it has taken from the queue (training.runs).
+        parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.config = override(
             FinetuneConfig(), epochs=options["epochs"], replay_size=options["replay"], seed=options["seed"]
         )
-        self.min_examples = options["min_examples"]
-        self.mnist_margin = options["mnist_margin"]
-        self.class_margin = options["class_margin"]
+        self.min_examples = first_given(options["min_examples"], settings.DIGIT_RETRAIN_MIN_EXAMPLES)
+        self.mnist_margin = first_given(options["mnist_margin"], settings.DIGIT_RETRAIN_MNIST_MARGIN)
+        self.class_margin = first_given(options["class_margin"], settings.DIGIT_RETRAIN_CLASS_MARGIN)
         self.no_activate = options["no_activate"]
         self.force = options["force"]
         if options["dry_run"]:
             self.prepare()
             self.stdout.write(self.style.SUCCESS("Dry run: nothing was trained, recorded or activated."))
             return
+        source = "command" if options["if_new"] is None else "schedule"
+        if options["if_new"] is not None and not self.enough_new_reviews(options["if_new"]):
+            return
+        given = {name: options[name] for name in sorted(RUN_OPTIONS) if options[name] not in (None, False)}
+        if options["queue"]:
+            try:
+                run = retrain_run_request(requested_by=None, source=source, options=given)
+            except RetrainAlreadyQueued as error:
+                raise CommandError(str(error)) from error
+            self.stdout.write(
+                self.style.SUCCESS(f"Queued retrain #{run.pk}: the task worker (manage.py db_worker) executes it.")
+            )
+            return
+        if options["run"] is not None:
+            run = RetrainRun.objects.get(id=options["run"])
+            if run.status != RetrainRun.Status.RUNNING:
+                raise CommandError(f"Retrain #{run.pk} is not running ({run.get_status_display()}).")
+        else:
+            try:
+                # Refused while another run is running on any host: two runs never start from the same parent.
+                run = runs.retrain_run_begin(source=source, options=given)
+            except runs.AlreadyRunning as error:
+                raise CommandError(str(error)) from error
+        self.execute_run(run, echo=options.get("stdout") or sys.stdout)
+
+    def enough_new_reviews(self, wanted: int) -> bool:
+        """Return True if at least `wanted` reviews were made since the last finished run and no run is pending."""
+        runs.fail_stale_runs()
+        pending = RetrainRun.objects.filter(status__in=[RetrainRun.Status.QUEUED, RetrainRun.Status.RUNNING]).first()
+        if pending is not None:
+            self.stdout.write(f"Retrain #{pending.pk} is {pending.get_status_display()}: not starting another.")
+            return False
+        new, last = runs.reviews_since_last_run()
+        if last is None:
+            since = "in all (no run has finished yet)"
+        else:
+            since = f"since retrain #{last.pk} started ({runs.when(last.started_at)})"
+        if new < wanted:
+            self.stdout.write(f"{new} new reviews {since}; --if-new asks for {wanted}: not retraining.")
+            return False
+        self.stdout.write(f"{new} new reviews {since}: retraining.")
+        return True
+
+    def execute_run(self, run: RetrainRun, *, echo: TextIO) -> None:
+        """Retrain as `run`: what is written goes to its log too, then record how it ended."""
+        self.run = run
+        log = runs.RunLog(run, echo=echo)
+        self.stdout = OutputWrapper(log)
+        asked = f", asked for by {run.requested_by.get_username()}" if run.requested_by else ""
+        self.stdout.write(f"Retrain #{run.pk} on {run.host} ({run.source}{asked}).")
         try:
-            # Held for the whole run, so two runs never start from the same parent or race to register.
-            with retraining.exclusive_lock(Path(settings.DIGIT_MODEL_ROOT) / LOCK_FILE):
-                self.retrain()
-        except retraining.AlreadyRunning as error:
-            raise CommandError(str(error)) from error
-        except KeyboardInterrupt:
-            # Nothing is recorded before the registration, which rolls itself back: nothing changed.
-            raise CommandError("Interrupted: the model registry and the served model are unchanged.") from None
+            version, decision, activated = self.retrain(run)
+        except BaseException as error:
+            reason = failure_reason(error)
+            log.close()
+            # Into the log only: the terminal gets the error from Django as always (or the traceback).
+            runs.retrain_run_append(run=run, text=f"{reason}\n")
+            last_line = reason.splitlines()[-1] if reason else type(error).__name__
+            runs.retrain_run_finish(run=run, status=RetrainRun.Status.FAILED, progress=last_line)
+            if isinstance(error, KeyboardInterrupt):
+                # Nothing is recorded before the registration, which rolls itself back: nothing changed.
+                raise CommandError(f"Interrupted: {UNCHANGED}") from None
+            raise
+        log.close()
+        if activated and not decision.passed:
+            outcome = f"version {version.version} failed the gate and is served anyway (--force)"
+        elif activated:
+            outcome = f"version {version.version} passed the gate and is served"
+        else:
+            outcome = f"version {version.version} recorded, not served"
+        status = RetrainRun.Status.PASSED if decision.passed else RetrainRun.Status.FAILED_GATE
+        runs.retrain_run_finish(run=run, status=status, progress=outcome, version=version)
+
+    def step(self, progress: str) -> None:
+        """Record the progress of the run and a sign of life (nothing on a dry run)."""
+        if self.run is not None:
+            runs.retrain_run_beat(run=self.run, progress=progress)
+
+    def reading(self, inputs: Iterable[Item]) -> Iterator[Item]:
+        """Yield `inputs`, recording a sign of life every few hundred drawings read."""
+        for count, item in enumerate(inputs):
+            if count % runs.HEARTBEAT_EVERY == 0:
+                self.step(f"reading reviewed drawings: {count}")
+            yield item
+
+    def epoch_progress(self, line: str) -> None:
+        """Record "epoch 3/5" as the progress when Keras starts an epoch."""
+        match = EPOCH_LINE.match(line)
+        if match:
+            self.step(f"fine-tuning: epoch {match[1]}/{match[2]}")
 
     def prepare(self) -> tuple[ModelVersion, Dataset, LabelShift]:
         """Return the active version, the fine-tuning dataset and its label shift, after reporting them."""
         parent = ModelVersion.objects.filter(is_active=True).first()
         if parent is None:
             raise CommandError("No model version is active: register one with `manage.py register_base_model`.")
+        self.step("reading reviewed drawings")
         drawings = selectors.finetuning_dataset().only("id", "image", "true_label").iterator(chunk_size=500)
         # The stored image through the serving preprocessing, so training sees what serving would see today.
-        dataset = retraining.build_dataset(selectors.drawing_inputs(drawings))
+        dataset = retraining.build_dataset(self.reading(selectors.drawing_inputs(drawings)))
         shift = measure_shift_since(parent, dataset)
         self.stdout.write(f"Active model: version {parent.version}")
         for line in retraining.dataset_summary(dataset, replay=self.config.replay_size):
@@ -120,10 +225,11 @@ class Command(BaseCommand):
         )
         return parent, dataset, shift
 
-    def retrain(self) -> None:
-        """Fine-tune, export, evaluate, record and (if it passes the gate) activate a new version."""
+    def retrain(self, run: RetrainRun) -> tuple[ModelVersion, Decision, bool]:
+        """Return the new version, the gate's decision and whether it is served, having fine-tuned, evaluated and recorded it."""
         started = time.perf_counter()
         parent, dataset, shift = self.prepare()
+        self.step("loading TensorFlow, MNIST and the active model")
         # TensorFlow loads only now: --help, --dry-run and a too-small dataset answer in a second.
         from training import export
         from training.finetune import finetune
@@ -134,13 +240,20 @@ class Command(BaseCommand):
         with tempfile.TemporaryDirectory(prefix="retrain-") as work:
             work = Path(work)
             model = load_keras(parent, work / "parent")
+            self.step(f"scoring version {parent.version}")
             before = retraining.score(work / "parent" / export.TFLITE_FILE, dataset, x_test, y_test)
             self.stdout.write(f"Training on {len(dataset.train.y)} drawings + {len(replay[1])} MNIST digits ...")
             fit_started = time.perf_counter()
             # A live progress bar on a terminal, one line per epoch in a log.
             verbose = 1 if sys.stdout.isatty() else 2
-            model = finetune(model, dataset.train.x, dataset.train.y, self.config, replay=replay, verbose=verbose)
+            # Keras prints to sys.stdout: its lines go to the run's log too, and each epoch into its progress.
+            with (
+                runs.RunLog(run, echo=sys.stdout, on_line=self.epoch_progress) as keras_output,
+                contextlib.redirect_stdout(keras_output),
+            ):
+                model = finetune(model, dataset.train.x, dataset.train.y, self.config, replay=replay, verbose=verbose)
             fit_seconds = time.perf_counter() - fit_started
+            self.step("exporting")
             try:
                 exported = export.save(
                     model, metrics={}, config=self.config, out_dir=work / "new", parity_images=x_test[: export.PARITY_SIZE]
@@ -148,6 +261,7 @@ class Command(BaseCommand):
             except export.ParityError as error:
                 raise CommandError(f"{error} Nothing was recorded; the served model is unchanged.") from error
             # Both models are judged as they are served: through their .tflite, on the same arrays.
+            self.step("evaluating the new model")
             after = retraining.score(work / "new" / export.TFLITE_FILE, dataset, x_test, y_test)
 
             decision = retraining.gate(
@@ -161,10 +275,7 @@ class Command(BaseCommand):
             )
             self.report(parent, before, after, decision)
             activate = (decision.passed and not self.no_activate) or self.force
-            # Someone may have activated another version by hand meanwhile; the gate compared against the parent.
-            if activate and not ModelVersion.objects.filter(id=parent.id, is_active=True).exists():
-                activate = False
-                self.stdout.write(self.style.WARNING(f"Version {parent.version} is no longer active: not activating."))
+            superseded = False
             metrics = {
                 **exported,
                 **after.accuracies(),
@@ -181,6 +292,7 @@ class Command(BaseCommand):
                 "fit_seconds": fit_seconds,
                 "train_seconds": time.perf_counter() - started,
             }
+            self.step("recording the new version")
             version = services.model_version_register(
                 tflite_path=work / "new" / export.TFLITE_FILE,
                 keras_path=work / "new" / export.KERAS_FILE,
@@ -196,8 +308,14 @@ class Command(BaseCommand):
                 },
                 notes=notes(parent, decision, activate),
                 activate=activate,
+                source="retrain",
             )
-        self.conclude(version, parent, decision, activate, time.perf_counter() - started)
+            # Someone may have activated another version by hand meanwhile (the gate compared against the
+            # parent): the registration activates only while the parent is still active, in its transaction.
+            if activate and not version.is_active:
+                activate, superseded = False, True
+        self.conclude(version, parent, decision, activate, superseded, time.perf_counter() - started)
+        return version, decision, activate
 
     def report(self, parent: ModelVersion, before: Scores, after: Scores, decision: Decision) -> None:
         """Write the before/after table, the gate's reasons and its warnings."""
@@ -217,7 +335,13 @@ class Command(BaseCommand):
             self.stdout.write(self.style.WARNING(f"  ! {warning}"))
 
     def conclude(
-        self, version: ModelVersion, parent: ModelVersion, decision: Decision, activate: bool, seconds: float
+        self,
+        version: ModelVersion,
+        parent: ModelVersion,
+        decision: Decision,
+        activate: bool,
+        superseded: bool,
+        seconds: float,
     ) -> None:
         """Write what was recorded and served, and how to undo it."""
         self.stdout.write(f"Recorded version {version.version} (parent {parent.version}) in {seconds:.0f} s.")
@@ -233,6 +357,14 @@ class Command(BaseCommand):
                 self.style.SUCCESS(
                     f"Version {version.version} is now active; web workers switch within "
                     f"{settings.DIGIT_MODEL_CHECK_SECONDS:g} s. To go back: manage.py activate_model {parent.version}"
+                )
+            )
+        elif superseded:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"Not activated: version {parent.version}, which the gate compared with, is no longer the active "
+                    f"version (another was activated while this run trained). To serve the new one anyway: "
+                    f"manage.py activate_model {version.version}"
                 )
             )
         elif self.no_activate:
@@ -280,3 +412,17 @@ def notes(parent: ModelVersion, decision: Decision, activate: bool) -> str:
         outcome = "gate failed, not activated"
     details = [*decision.reasons, *(f"Warning: {warning}" for warning in decision.warnings)]
     return f"Retrained from v{parent.version}: {outcome}.\n" + "\n".join(details)
+
+
+def first_given(value: Any, default: Any) -> Any:
+    """Return `value` unless it is None, else `default`."""
+    return default if value is None else value
+
+
+def failure_reason(error: BaseException) -> str:
+    """Return what a run's log says about the exception that ended it (with the traceback if unexpected)."""
+    if isinstance(error, KeyboardInterrupt | SystemExit):
+        return f"Interrupted: {UNCHANGED}"
+    if isinstance(error, CommandError | runs.RunStopped):
+        return str(error)
+    return "".join(traceback.format_exception(error)).rstrip()
