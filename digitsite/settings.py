@@ -106,7 +106,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 
-# A cache shared by all workers, so throttling and the active-model check agree.
+# A cache shared by all workers, so that every worker counts the same requests for the rate limits.
+# (Which model version is active is asked of the database, not the cache: see predictor/model_cache.py.)
 CACHES = {"default": env.cache("CACHE_URL", default="dbcache://digit_cache")}
 # The database, in-memory and file caches cull once they hold MAX_ENTRIES (Django's default: 300), and a
 # culled throttle history gives its client a fresh allowance. A cull first drops expired entries, and a
@@ -264,7 +265,7 @@ DIGIT_MAX_IMAGE_PIXELS = env.int("DIGIT_MAX_IMAGE_PIXELS", default=4096 * 4096)
 DIGIT_MAX_UPLOAD_BYTES = env.int("DIGIT_MAX_UPLOAD_BYTES", default=5 * 1024 * 1024)
 # Predictions less confident than this go to the review queue.
 DIGIT_LOW_CONFIDENCE = env.float("DIGIT_LOW_CONFIDENCE", default=0.8)
-# How long a worker trusts its idea of the active model version before asking the cache again.
+# How long a worker trusts its idea of the active model version before asking the database again.
 DIGIT_MODEL_CHECK_SECONDS = env.float("DIGIT_MODEL_CHECK_SECONDS", default=1.0)
 # `manage.py retrain` stops with fewer usable reviewed drawings than this.
 DIGIT_RETRAIN_MIN_EXAMPLES = env.int("DIGIT_RETRAIN_MIN_EXAMPLES", default=20)
