@@ -30,7 +30,7 @@ REDIS_URL = os.environ.get("DIGIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DRAWINGS_PER_DIGIT = 6
 FOLLOW_SECONDS = 2.0  # every worker asks which version is active once a second
 RUN_SECONDS = 900
-PASSWORD = "scale-out-passphrase-7"
+PASSWORD = uuid.uuid4().hex  # made for each run: the test site is thrown away
 
 
 def unavailable(reason: str):
