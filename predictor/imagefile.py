@@ -168,10 +168,9 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = M
             f"send at least {MIN_SIDE}x{MIN_SIDE}."
         )
     _check_encoding(data, kind, width * height, max_pixels // COSTLY_PIXELS_DIVISOR)
-    if kind != "png":
-        pixels = _decode_with_opencv(data, kind)
-    elif (pixels := _decode_canvas_png(data)) is None:
-        image = _png_image_chunks(data)
+    pixels = _decode_canvas_png(data) if kind == "png" else None
+    if pixels is None:
+        image = _png_image_chunks(data) if kind == "png" else None
         # A PNG with a damaged chunk goes to libpng whole: it refuses or reads it, as it judges.
         pixels = _decode_with_opencv(data if image is None else image[0], kind)
     if pixels.dtype == np.uint16:

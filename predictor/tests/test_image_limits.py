@@ -1,5 +1,6 @@
 """What one request may cost: the accepted sizes and encodings, judged from the header before any decoding."""
 
+import functools
 import math
 import os
 import re
@@ -74,6 +75,7 @@ def no_decoding(monkeypatch):
     monkeypatch.setattr(imagefile.pyspng, "load", decoded)
 
 
+@functools.cache
 def sixteen_bit_bomb(side):
     """Return a real 16-bit RGBA PNG of side x side, blank: about 150 kB for 4096x4096."""
     compressor = zlib.compressobj(9)

@@ -177,3 +177,15 @@ def test_it_works_through_the_storage_api_alone(settings, stored_as_submitted, r
     converted = Drawing.objects.get(id=drawing.id)
     assert not storage.exists(drawing.image.name)
     assert image_header(read(converted.image.name)) == ("png", STORED_MAX_SIDE, 420)
+
+
+@pytest.mark.django_db
+def test_a_file_two_rows_name_is_deleted_only_when_neither_does(make_drawing, reencode):
+    name = default_storage.save("drawings/2025/01/02/shared.jpg", ContentFile(exif_jpeg()))
+    first, second = make_drawing(image=name), make_drawing(image=name)
+    reencode("--batch-size", "1")
+    first_name = Drawing.objects.get(id=first.id).image.name
+    second_name = Drawing.objects.get(id=second.id).image.name
+    assert first_name.endswith(".png") and second_name.endswith(".png") and first_name != second_name
+    assert read(first_name) == read(second_name)
+    assert not default_storage.exists(name)

@@ -1,6 +1,7 @@
 """Rewrite every stored drawing image in the canonical form new drawings are stored in (see encode_stored_png)."""
 
 import posixpath
+import uuid
 from collections import Counter
 from functools import partial
 
@@ -40,13 +41,13 @@ class Command(BaseCommand):
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
         storage = Drawing._meta.get_field("image").storage
-        self.counts = Counter()
+        self.counts: Counter[str] = Counter()
         after = None
         while True:
-            rows = Drawing.objects.order_by("id")
+            drawings = Drawing.objects.order_by("id")
             if after is not None:
-                rows = rows.filter(id__gt=after)
-            rows = list(rows.values_list("id", "image")[:batch_size])
+                drawings = drawings.filter(id__gt=after)
+            rows = list(drawings.values_list("id", "image")[:batch_size])
             if not rows:
                 break
             after = rows[-1][0]
@@ -54,7 +55,7 @@ class Command(BaseCommand):
                 self.counts[self._reencode(storage, drawing_id, name, dry_run=dry_run)] += 1
         self._report(dry_run)
 
-    def _reencode(self, storage: Storage, drawing_id, name: str, *, dry_run: bool) -> str:
+    def _reencode(self, storage: Storage, drawing_id: uuid.UUID, name: str, *, dry_run: bool) -> str:
         """Return what became of one drawing's file: converted, canonical, changed, missing or unreadable."""
         try:
             with storage.open(name, "rb") as stored:
@@ -93,7 +94,9 @@ class Command(BaseCommand):
         return "converted"
 
     def _delete_old_file(self, storage: Storage, name: str) -> None:
-        """Delete a file no row names any more (its row's change has committed)."""
+        """Delete the old file once its row's change has committed, unless another row still names it."""
+        if Drawing.objects.filter(image=name).exists():  # real drawings never share a file; keep it that way
+            return
         try:
             storage.delete(name)
         except Exception as error:
