@@ -259,8 +259,11 @@ DIGIT_MODEL_ROOT = env.path("DIGIT_MODEL_ROOT", default=VAR_DIR / "models")
 # Each host's copies of the .tflite files it serves, fetched from model storage once and checked against
 # their recorded SHA-256 (predictor.model_cache); a cache, safe to delete.
 DIGIT_MODEL_CACHE = env.path("DIGIT_MODEL_CACHE", default=VAR_DIR / "model-cache")
-# Largest accepted image, in pixels (checked from the header before decoding).
-DIGIT_MAX_IMAGE_PIXELS = env.int("DIGIT_MAX_IMAGE_PIXELS", default=4096 * 4096)
+# Largest accepted image, in pixels and in length of its longer side, checked from the header before
+# decoding. Files that cost more per pixel to decode (16-bit or interlaced PNG, progressive JPEG, dense
+# WebP) get a quarter of the pixels. The defaults are predictor.imagefile's, measured in docs/performance.md.
+DIGIT_MAX_IMAGE_PIXELS = env.int("DIGIT_MAX_IMAGE_PIXELS", default=1280 * 1280)
+DIGIT_MAX_IMAGE_SIDE = env.int("DIGIT_MAX_IMAGE_SIDE", default=2048)
 # Largest accepted request body, in bytes.
 DIGIT_MAX_UPLOAD_BYTES = env.int("DIGIT_MAX_UPLOAD_BYTES", default=5 * 1024 * 1024)
 # Predictions less confident than this go to the review queue.

@@ -1,8 +1,11 @@
-"""Read a submitted image file: the data URL around it, its format and declared size, and its pixels.
+"""Read a submitted image file (the data URL around it, its format, declared size and pixels), and write the copy kept.
 
 Everything here judges the file, not the drawing in it: what is not a PNG, JPEG or WebP image, is
-damaged, or declares more pixels than the limit is refused from its header, before any decoding.
-`predictor.preprocessing` turns the decoded pixels into the model's input.
+damaged, is larger than the limits or is encoded in a way that costs more to decode than its size allows
+is refused from its header, before any decoding. The limits come from what canvases send, not from
+what decoders could read: the drawing page sends 280x280, a phone drawing at devicePixelRatio 3 about
+1200x1200. `predictor.preprocessing` turns the decoded pixels into the model's input, and
+`encode_stored_png` makes the file that is kept: the decoded pixels again, never the submitted bytes.
 """
 
 import base64
@@ -17,8 +20,25 @@ import cv2
 import numpy as np
 import pyspng
 
-MAX_PIXELS = 4096 * 4096
+# Accepted sizes: a side of up to MAX_SIDE and MAX_PIXELS in all, so a phone's 1200x1200 canvas
+# (devicePixelRatio 3) fits, and the costliest accepted file stays within about 100 ms of CPU
+# (docs/performance.md, "Costliest inputs"). The settings DIGIT_MAX_IMAGE_SIDE and _PIXELS pass them.
+MAX_SIDE = 2048
+MAX_PIXELS = 1280 * 1280
 MIN_SIDE = 8
+# Some files cost up to four times more per pixel to decode than the others, and no drawing needs to be
+# one: 16-bit and interlaced (Adam7) PNGs, progressive JPEGs, and WebPs of more than
+# WEBP_MAX_BITS_PER_PIXEL (libwebp's time grows with the bytes: a drawing of 1200x1200 is under 0.2
+# bits per pixel, noise at the highest quality 21). They are accepted up to a quarter of the pixels.
+COSTLY_PIXELS_DIVISOR = 4
+WEBP_MAX_BITS_PER_PIXEL = 2
+# A JPEG is decoded scan by scan, each scan a pass over the image: a baseline JPEG has 1 to 4, a
+# progressive one from libjpeg 10 or fewer. A file of thousands of scans, each tiny, would cost seconds.
+MAX_JPEG_SCANS = 24
+# The stored copy of a drawing: twice the drawing page's 280 px canvas is plenty to review it, and a
+# PNG of more than STORED_MAX_BYTES (noise, a photograph) is scaled down further until it fits.
+STORED_MAX_SIDE = 560
+STORED_MAX_BYTES = 256 * 1024
 ACCEPTED_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -29,6 +49,19 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 SPNG_COLOUR_TYPES = frozenset({2, 6})
 # JPEG start-of-frame markers carry the image size; C4, C8 and CC share the range but are other segments.
 JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Of those, what cameras, phones and browsers write: baseline (C0), extended sequential (C1), progressive
+# (C2), all Huffman-coded. Lossless, hierarchical and arithmetic-coded JPEGs are refused.
+JPEG_ACCEPTED_MARKERS = frozenset({0xC0, 0xC1, 0xC2})
+JPEG_PROGRESSIVE = 0xC2
+JPEG_START_OF_SCAN = b"\xff\xda"  # in entropy-coded data 0xFF is always followed by 0 or a restart marker
+# The stored PNG: filter "up" and run-length deflate write a canvas drawing about four times faster than
+# OpenCV's default (every filter tried on every row) and about as small; noise is not compressible anyway.
+STORED_PNG_OPTIONS = [
+    cv2.IMWRITE_PNG_FILTER,
+    cv2.IMWRITE_PNG_FILTER_UP,
+    cv2.IMWRITE_PNG_STRATEGY,
+    cv2.IMWRITE_PNG_STRATEGY_RLE,
+]
 NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 
 
@@ -110,11 +143,20 @@ def image_header(data: bytes) -> tuple[str, int, int]:
     return (kind, *_declared_size(data, kind))
 
 
-def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Return the pixels as uint8 grey (H, W), RGB or RGBA (H, W, 3|4), after checking the declared size."""
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Return the pixels as uint8 grey (H, W), RGB or RGBA (H, W, 3|4), after checking the header.
+
+    The header says what decoding will cost: the size, and the encoding, since some cost more per pixel
+    (see COSTLY_PIXELS_DIVISOR). A file over the limits is refused before any decoder sees it.
+    """
     kind, width, height = image_header(data)
     if width == 0 or height == 0:
         raise InvalidImage(f"The image has no pixels (declared size {width}x{height}).")
+    if max(width, height) > max_side:
+        raise ImageTooLarge(
+            f"The image is {width}x{height} pixels; no side may be longer than {max_side} pixels. "
+            f"Scale it down (a drawing needs no more than {STORED_MAX_SIDE}x{STORED_MAX_SIDE})."
+        )
     if width * height > max_pixels:
         raise ImageTooLarge(
             f"The image is {width}x{height} pixels; the limit is {max_pixels:,} pixels "
@@ -125,9 +167,12 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             f"The image is {width}x{height} pixels, too small to hold a drawing: "
             f"send at least {MIN_SIDE}x{MIN_SIDE}."
         )
+    _check_encoding(data, kind, width * height, max_pixels // COSTLY_PIXELS_DIVISOR)
     pixels = _decode_canvas_png(data) if kind == "png" else None
     if pixels is None:
-        pixels = _decode_with_opencv(data, kind)
+        image = _png_image_chunks(data) if kind == "png" else None
+        # A PNG with a damaged chunk goes to libpng whole: it refuses or reads it, as it judges.
+        pixels = _decode_with_opencv(data if image is None else image[0], kind)
     if pixels.dtype == np.uint16:
         pixels = (pixels >> 8).astype(np.uint8)
     if pixels.dtype != np.uint8 or (pixels.ndim == 3 and pixels.shape[2] not in (3, 4)):
@@ -143,6 +188,65 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return cv2.imencode(".png", grey)[1].tobytes()
 
 
+def encode_stored_png(pixels: np.ndarray) -> bytes:
+    """Return the PNG kept for a drawing: its decoded pixels, at most STORED_MAX_SIDE and STORED_MAX_BYTES.
+
+    Made from the pixels, never from the submitted bytes, so nothing of the file but its image is kept
+    (no text chunks, no EXIF, no padding), in the layout it was decoded to (grey, RGB or RGBA: colour and
+    transparency stay as drawn). A drawing up to STORED_MAX_SIDE is kept pixel for pixel, so the stored
+    file preprocesses exactly as the submitted one did; a larger image is scaled down (area
+    interpolation), and one whose PNG would still be over STORED_MAX_BYTES further, until it fits.
+    """
+    scale = STORED_MAX_SIDE / max(pixels.shape[:2])
+    while True:
+        if scale < 1:
+            height, width = pixels.shape[:2]
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+        png = _encode_png_as_decoded(pixels)
+        if len(png) <= STORED_MAX_BYTES:
+            return png
+        # A PNG's size grows with its area: aim a little under the limit, so one more try is enough. Each
+        # try shrinks the image by at least 10%, and below about 250x250 even noise fits.
+        scale = min(0.9, 0.95 * math.sqrt(STORED_MAX_BYTES / len(png)))
+
+
+def _encode_png_as_decoded(pixels: np.ndarray) -> bytes:
+    """Return PNG bytes of uint8 grey, RGB or RGBA pixels (red first), with no chunk but IHDR, IDAT and IEND."""
+    if pixels.ndim == 3:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR if pixels.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    return cv2.imencode(".png", pixels, STORED_PNG_OPTIONS)[1].tobytes()
+
+
+def _check_encoding(data: bytes, kind: str, pixels: int, costly_max_pixels: int) -> None:
+    """Refuse, from the header, an encoding not accepted, or a costly one of more than costly_max_pixels."""
+    if kind == "png":
+        # IHDR: bit depth at byte 24, interlace method at byte 28 (1 = Adam7).
+        costly = "a 16-bit PNG" if data[24] == 16 else "an interlaced PNG" if data[28] == 1 else None
+        remedy = "send an 8-bit, non-interlaced PNG (what a canvas exports)"
+    elif kind == "jpeg":
+        marker, _, _, frame_position = _jpeg_frame(data)
+        remedy = "send a baseline JPEG or a PNG"
+        if marker not in JPEG_ACCEPTED_MARKERS:
+            raise InvalidImage(
+                f"This JPEG is lossless, hierarchical or arithmetic-coded, which is not accepted: {remedy}."
+            )
+        # Scans come after the frame header; counted from there, metadata before it (EXIF, ICC) cannot count.
+        if (scans := data.count(JPEG_START_OF_SCAN, frame_position)) > MAX_JPEG_SCANS:
+            raise InvalidImage(f"This JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted: {remedy}.")
+        costly = "a progressive JPEG" if marker == JPEG_PROGRESSIVE else None
+    else:
+        dense = len(data) * 8 > WEBP_MAX_BITS_PER_PIXEL * pixels
+        costly = f"a WebP of more than {WEBP_MAX_BITS_PER_PIXEL} bits per pixel" if dense else None
+        remedy = "send a PNG (what a canvas exports) or a WebP of lower quality"
+    if costly and pixels > costly_max_pixels:
+        raise ImageTooLarge(
+            f"{costly[0].upper()}{costly[1:]} is accepted up to {costly_max_pixels:,} pixels "
+            f"(for example {math.isqrt(costly_max_pixels)}x{math.isqrt(costly_max_pixels)}); "
+            f"this one has {pixels:,}: {remedy}, or a smaller image."
+        )
+
+
 def _decode_canvas_png(data: bytes) -> np.ndarray | None:
     """Return the RGB(A) pixels of an 8-bit truecolour PNG decoded by libspng; None for any other PNG.
 
@@ -151,31 +255,45 @@ def _decode_canvas_png(data: bytes) -> np.ndarray | None:
     libspng refuses: OpenCV then has the last word, so which files are accepted, and how they are
     read, does not depend on the decoder.
     """
-    if len(data) < 29 or data[24] != 8 or data[25] not in SPNG_COLOUR_TYPES or not _plain_intact_png(data):
+    if len(data) < 33 or data[24] != 8 or data[25] not in SPNG_COLOUR_TYPES:
+        return None
+    image = _png_image_chunks(data)
+    if image is None or image[1]:
         return None
     try:
-        return pyspng.load(data)
+        return pyspng.load(image[0])
     except RuntimeError:
         return None
 
 
-def _plain_intact_png(data: bytes) -> bool:
-    """Return whether every chunk of the PNG is whole, with a right CRC, and none is tRNS."""
+def _png_image_chunks(data: bytes) -> tuple[bytes, bool] | None:
+    """Return (the PNG with only the chunks its pixels need, whether one is tRNS); None if one is damaged.
+
+    Those are the critical chunks (IHDR, PLTE, IDAT, IEND, any other a decoder must refuse) and tRNS.
+    The rest, text, EXIF, colour profiles, animation frames, change no pixel as decoded here, and a
+    decoder would read them anyway: libspng inflates a zTXt bomb until its limit, 80 ms, libpng 18 ms.
+    None when a kept chunk is cut short or has a wrong CRC, or IEND is missing.
+    """
+    kept = [PNG_SIGNATURE]
+    transparency = False
     position = len(PNG_SIGNATURE)
     while position + 12 <= len(data):
         (length,) = struct.unpack(">I", data[position : position + 4])
         end = position + 8 + length
         if end + 4 > len(data):
-            return False
+            return None
         kind = data[position + 4 : position + 8]
-        (crc,) = struct.unpack(">I", data[end : end + 4])
-        # libspng does not check the CRC of image data; libpng does, and refuses the file.
-        if kind == b"tRNS" or zlib.crc32(data[position + 4 : end]) != crc:
-            return False
+        if kind == b"tRNS" or not kind[0] & 0x20:  # bit 5 of the first letter clear: a critical chunk
+            (crc,) = struct.unpack(">I", data[end : end + 4])
+            # libspng does not check the CRC of image data; libpng does, and refuses the file.
+            if zlib.crc32(data[position + 4 : end]) != crc:
+                return None
+            kept.append(data[position : end + 4])
+            transparency |= kind == b"tRNS"
         if kind == b"IEND":
-            return True
+            return b"".join(kept), transparency
         position = end + 4
-    return False
+    return None
 
 
 def _decode_with_opencv(data: bytes, kind: str) -> np.ndarray:
@@ -198,12 +316,12 @@ def _decode_with_opencv(data: bytes, kind: str) -> np.ndarray:
 def _declared_size(data: bytes, kind: str) -> tuple[int, int]:
     """Return (width, height) as the header declares it, without decoding any pixels."""
     if kind == "png":
-        if data[12:16] != b"IHDR" or len(data) < 24:
+        if data[12:16] != b"IHDR" or len(data) < 33:
             raise InvalidImage("The PNG image is damaged: its header (IHDR) is missing.")
         return struct.unpack(">II", data[16:24])
     if kind == "webp":
         return _webp_size(data)
-    return _jpeg_size(data)
+    return _jpeg_frame(data)[1:3]
 
 
 def _webp_size(data: bytes) -> tuple[int, int]:
@@ -220,8 +338,11 @@ def _webp_size(data: bytes) -> tuple[int, int]:
     raise InvalidImage("The WebP image is damaged: its header is missing or unknown.")
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """Return (width, height) from the JPEG start-of-frame segment, walking the segments before it."""
+def _jpeg_frame(data: bytes) -> tuple[int, int, int, int]:
+    """Return (start-of-frame marker, width, height, its position) from the JPEG frame header.
+
+    Walks the segments before it by their lengths, without reading the entropy-coded data.
+    """
     position = 2
     while position + 4 <= len(data):
         if data[position] != 0xFF:
@@ -239,6 +360,6 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             if position + 9 > len(data):
                 break
             height, width = struct.unpack(">HH", data[position + 5 : position + 9])
-            return width, height
+            return marker, width, height, position
         position += 2 + struct.unpack(">H", data[position + 2 : position + 4])[0]
     raise InvalidImage("The JPEG image is damaged: no frame header was found.")

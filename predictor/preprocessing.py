@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from predictor.imagefile import MAX_PIXELS, PreprocessingError, decode_image
+from predictor.imagefile import MAX_PIXELS, MAX_SIDE, PreprocessingError, decode_image
 
 IMAGE_SIZE = 28
 DIGIT_SIZE = 20
@@ -50,14 +50,14 @@ class PreprocessSteps:
         return _to_rgba(self.decoded)
 
 
-def preprocess(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def preprocess(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> np.ndarray:
     """Return the model input: float32 (28, 28), background 0, ink 255, whole numbers."""
-    return preprocess_steps(data, max_pixels=max_pixels).centred
+    return preprocess_steps(data, max_pixels=max_pixels, max_side=max_side).centred
 
 
-def preprocess_steps(data: bytes, *, max_pixels: int = MAX_PIXELS) -> PreprocessSteps:
+def preprocess_steps(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> PreprocessSteps:
     """Return every intermediate image of `preprocess`: the one implementation of the pipeline."""
-    decoded = decode_image(data, max_pixels=max_pixels)
+    decoded = decode_image(data, max_pixels=max_pixels, max_side=max_side)
     ink = _find_ink(decoded)
     cropped = _crop_to_ink(ink)
     resized = _scale_to_digit_size(cropped)

@@ -21,10 +21,10 @@ from django.db.models import Max
 from django.utils import timezone
 
 from predictor import model_cache
-from predictor.imagefile import image_header
+from predictor.imagefile import encode_stored_png, image_header
 from predictor.model_cache import ModelUnavailable, active_classifier
 from predictor.models import Drawing, ModelActivation, ModelVersion
-from predictor.preprocessing import preprocess
+from predictor.preprocessing import preprocess_steps
 
 VISITOR_SESSION_KEY = "visitor"
 
@@ -41,18 +41,21 @@ def visitor_for_session(session, *, create: bool) -> str | None:
 
 
 def drawing_create(*, data: bytes, visitor: str) -> Drawing:
-    """Return a new stored Drawing with the active model's prediction for the image bytes `data`."""
+    """Return a new stored Drawing with the active model's prediction for the image bytes `data`.
+
+    What is stored is not `data` but a PNG made from its pixels (`encode_stored_png`): no metadata, at
+    most 560 px and 256 KB. The model reads the submitted pixels; the row keeps the submitted size.
+    """
     started = time.perf_counter()
-    # The header gives the file's extension and the size stored with the row; preprocess checks it again.
-    extension, width, height = image_header(data)
-    pixels = preprocess(data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS)
+    steps = preprocess_steps(data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS, max_side=settings.DIGIT_MAX_IMAGE_SIDE)
+    _, width, height = image_header(data)
     version, classifier = active_classifier()
-    prediction = classifier.predict(pixels)
+    prediction = classifier.predict(steps.centred)
     drawing = Drawing(
         visitor=visitor,
         image_width=width,
         image_height=height,
-        input_pixels=pixels.astype("uint8").tobytes(),
+        input_pixels=steps.centred.astype("uint8").tobytes(),
         model_version=version,
         predicted_label=prediction.predicted_label,
         confidence=prediction.confidence,
@@ -60,7 +63,7 @@ def drawing_create(*, data: bytes, visitor: str) -> Drawing:
     )
     # The file is written first and the row committed after it, so a crash in between can leave an
     # unreferenced file (removed by `manage.py purge_orphan_files`) but never a row without its image.
-    drawing.image.save(f"drawing.{extension}", ContentFile(data), save=False)
+    drawing.image.save("drawing.png", ContentFile(encode_stored_png(steps.decoded)), save=False)
     try:
         drawing.processing_ms = (time.perf_counter() - started) * 1000
         with transaction.atomic():
