@@ -22,8 +22,8 @@ import pytest
 import requests
 from django.conf import settings
 
-from predictor.tests.conftest import canvas_png, data_url
-from predictor.tests.s3 import CREDENTIALS, Bucket, free_port, s3_server  # noqa: F401  (s3_server: fixture)
+from predictor.tests.drawings import canvas_png, data_url
+from predictor.tests.s3 import CREDENTIALS, Bucket, free_port
 
 POSTGRES_URL = os.environ.get("DIGIT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DIGIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -69,7 +69,7 @@ def redis_url():
 
 
 @pytest.fixture
-def bucket(s3_server):  # noqa: F811
+def bucket(s3_server):
     client = boto3.client(
         "s3",
         endpoint_url=s3_server,
@@ -204,7 +204,7 @@ def wait_until_both_serve(hosts: dict[str, str], version: int, seconds: float) -
 
 
 def test_two_hosts_and_a_worker_share_only_the_database_cache_and_bucket(
-    tmp_path, database, redis_url, bucket, s3_server  # noqa: F811
+    tmp_path, database, redis_url, bucket, s3_server
 ):
     import psycopg
 

@@ -13,7 +13,7 @@ from django.urls import reverse
 from predictor import model_cache, services
 from predictor.models import ModelActivation, ModelVersion
 from predictor.tests.accessibility import blocking_violations
-from predictor.tests.conftest import data_url
+from predictor.tests.drawings import data_url
 
 try:
     from playwright.sync_api import expect

@@ -15,7 +15,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from predictor.models import Drawing, ModelVersion
-from predictor.tests.conftest import canvas_png, data_url
+from predictor.tests.drawings import canvas_png, data_url
 
 CREATE_URL = "/api/predictions/"
 PAYLOAD_KEYS = {

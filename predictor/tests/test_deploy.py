@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from django.conf import settings
 
-from predictor.tests.conftest import canvas_png, data_url
+from predictor.tests.drawings import canvas_png, data_url
 
 BASE_DIR = settings.BASE_DIR
 

@@ -12,7 +12,7 @@ from django.urls import reverse
 from predictor import services
 from predictor.models import Drawing
 from predictor.preprocessing import preprocess
-from predictor.tests.conftest import canvas_png, data_url
+from predictor.tests.drawings import canvas_png, data_url
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from rest_framework.test import APIClient
 
 from predictor import model_cache, services
 from predictor.models import Drawing
-from predictor.tests.conftest import canvas_png, data_url
+from predictor.tests.drawings import canvas_png, data_url
 
 CREATE_URL = "/api/predictions/"
 PROCESSES = 2

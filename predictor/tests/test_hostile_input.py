@@ -30,7 +30,7 @@ from rest_framework.throttling import ScopedRateThrottle
 
 from predictor.api import MAX_JSON_DEPTH, _json_nested_deeper_than
 from predictor.models import Drawing
-from predictor.tests.conftest import data_url
+from predictor.tests.drawings import data_url
 
 CREATE_URL = "/api/predictions/"
 FUZZ = hypothesis_settings(

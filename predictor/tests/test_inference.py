@@ -9,7 +9,7 @@ import pytest
 
 from predictor.inference import NUM_CLASSES, Classifier, ModelLoadError, Prediction
 from predictor.preprocessing import preprocess
-from predictor.tests.conftest import WHITE, draw, encode
+from predictor.tests.drawings import WHITE, draw, encode
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODEL_PATH = PROJECT_ROOT / "training" / "artifacts" / "base" / "model.tflite"

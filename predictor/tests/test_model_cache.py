@@ -7,7 +7,7 @@ from django.db.models.fields.files import FieldFile
 
 from predictor import model_cache, services
 from predictor.models import ModelStorage, ModelVersion
-from predictor.tests.conftest import data_url
+from predictor.tests.drawings import data_url
 
 CREATE_URL = "/api/predictions/"
 

@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from predictor import services
 from predictor.models import ModelActivation, ModelVersion
-from predictor.tests.conftest import data_url
+from predictor.tests.drawings import data_url
 
 
 @pytest.fixture(autouse=True)

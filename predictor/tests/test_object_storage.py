@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 from predictor import model_cache
 from predictor.models import Drawing
 from predictor.preprocessing import preprocess
-from predictor.tests.conftest import canvas_png, data_url
+from predictor.tests.drawings import canvas_png, data_url
 from predictor.tests.s3 import s3_storages
 from training import files
 

@@ -15,7 +15,7 @@ from predictor.preprocessing import (
     preprocess,
     preprocess_steps,
 )
-from predictor.tests.conftest import BLACK, TRANSPARENT, WHITE, draw, encode, png16
+from predictor.tests.drawings import BLACK, TRANSPARENT, WHITE, draw, encode, png16
 
 
 def centre_of_mass(pixels):

@@ -15,7 +15,7 @@ from PIL import Image
 from predictor import services
 from predictor.imagefile import STORED_MAX_SIDE, decode_image, encode_stored_png, image_header
 from predictor.models import Drawing
-from predictor.tests.conftest import WHITE, draw, encode
+from predictor.tests.drawings import WHITE, draw, encode
 
 
 def with_text_chunk(png, size):

@@ -7,7 +7,7 @@ from django.core.files.storage import default_storage
 from predictor import selectors
 from predictor.models import Drawing, ModelVersion
 from predictor.preprocessing import preprocess
-from predictor.tests.conftest import canvas_png
+from predictor.tests.drawings import canvas_png
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from predictor.imagefile import (
     image_header,
 )
 from predictor.preprocessing import preprocess
-from predictor.tests.conftest import WHITE, canvas_png, draw, encode, png16
+from predictor.tests.drawings import WHITE, canvas_png, draw, encode, png16
 
 TYPICAL_DRAWING_BYTES = 30 * 1024
 

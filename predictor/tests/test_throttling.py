@@ -11,7 +11,7 @@ from django.test import RequestFactory
 from rest_framework.throttling import ScopedRateThrottle
 
 from predictor.models import Drawing
-from predictor.tests.conftest import data_url
+from predictor.tests.drawings import data_url
 from predictor.throttling import ClientRateThrottle, client_address
 
 CREATE_URL = "/api/predictions/"

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from predictor import services
 from predictor.models import Drawing, ModelVersion, RetrainRun
-from predictor.tests.conftest import canvas_png, data_url
+from predictor.tests.drawings import canvas_png, data_url
 from training import retraining
 from training.management.commands.retrain import UNCHANGED
 from training.retraining import Score
