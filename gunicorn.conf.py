@@ -33,4 +33,4 @@ def when_ready(server):
     if server.cfg.preload_app:
         from django.urls import get_resolver
 
-        get_resolver().url_patterns
+        get_resolver().url_patterns  # noqa: B018  (reading it imports every view once, before forking)

@@ -61,7 +61,11 @@ def canvas_data_urls(count: int = 8, size: int = CANVAS_SIZE) -> list[str]:
 def machine() -> dict:
     """Return what the figures were measured on."""
     model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
         platform.processor(),
     )
     return {
@@ -218,7 +222,9 @@ def measure(base: str, master: int, bodies_file: Path, connections: int, seconds
     wrk_after = os.times()
     requests = max(figures["requests"], 1)
     figures["server_cpu_ms"] = (server_cpu_seconds(master) - server_before) * 1000 / requests
-    wrk_cpu = (wrk_after.children_user + wrk_after.children_system) - (wrk_before.children_user + wrk_before.children_system)
+    wrk_cpu = (wrk_after.children_user + wrk_after.children_system) - (
+        wrk_before.children_user + wrk_before.children_system
+    )
     figures["wrk_cpu_ms"] = wrk_cpu * 1000 / requests
     return figures
 
@@ -287,7 +293,9 @@ def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
         "  GET /api/health/ (1 query)": lambda n: client.get("/api/health/"),
         "  decode_payload (base64)": lambda n: decode_payload(urls[n % len(urls)]),
         "  PNG decode as served (libspng)": lambda n: imagefile._decode_canvas_png(images[n % len(images)]),
-        "  PNG decode by OpenCV (the fallback)": lambda n: cv2.imdecode(np.frombuffer(images[n % len(images)], np.uint8), -1),
+        "  PNG decode by OpenCV (the fallback)": lambda n: cv2.imdecode(
+            np.frombuffer(images[n % len(images)], np.uint8), -1
+        ),
         "  preprocess (decode included)": lambda n: preprocess(images[n % len(images)]),
         "  inference (Classifier.predict)": lambda n: classifier.predict(pixels),
         "  drawing_create (preprocess, inference, file, row)": lambda n: services.drawing_create(
@@ -312,8 +320,11 @@ def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--postgres-url", default="postgres://postgres@127.0.0.1:5432/postgres",
-                        help="server where a scratch database is created and dropped")
+    parser.add_argument(
+        "--postgres-url",
+        default="postgres://postgres@127.0.0.1:5432/postgres",
+        help="server where a scratch database is created and dropped",
+    )
     parser.add_argument("--connections", default="1,8,32", help="concurrent clients, comma-separated")
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load first")
@@ -321,16 +332,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "4")))
     parser.add_argument("--worker-class", default="gthread", choices=["gthread", "sync"])
     parser.add_argument("--drawings", type=int, default=8, help="different drawings to cycle through")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="an environment variable of the server (a variant to compare), repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable of the server (a variant to compare), repeatable",
+    )
     parser.add_argument("--breakdown", action="store_true", help="first time each part of a request in-process")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
 
     print("machine:", json.dumps(machine()))
-    print(f"server: gunicorn {args.worker_class}, {args.workers} workers x {args.threads} threads; "
-          f"database: {args.database}; load generator: wrk, 1 thread, {LUA_SCRIPT.name}")
+    print(
+        f"server: gunicorn {args.worker_class}, {args.workers} workers x {args.threads} threads; "
+        f"database: {args.database}; load generator: wrk, 1 thread, {LUA_SCRIPT.name}"
+    )
     overrides = dict(setting.split("=", 1) for setting in args.set)
     if overrides:
         print("variant:", " ".join(args.set))
@@ -354,24 +372,31 @@ def main() -> None:
                 # outnumber 201s by the requests in flight when wrk stopped (answered, but not counted).
                 # "cpu ms": CPU time per request of the server (all workers) and of wrk: on a shared, busy
                 # machine it varies far less than throughput, and 2 cores / (their sum) bounds throughput.
-                print(f"{'clients':>7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} "
-                      f"{'201s':>6} {'missing':>7} {'rows':>6} {'orphans':>7} {'cpu ms':>7} {'wrk ms':>7}")
+                print(
+                    f"{'clients':>7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} "
+                    f"{'201s':>6} {'missing':>7} {'rows':>6} {'orphans':>7} {'cpu ms':>7} {'wrk ms':>7}"
+                )
                 for connections in (int(c) for c in args.connections.split(",")):
                     rows_before, files_before = store.counts()
                     figures = measure(base, server.pid, bodies_file, connections, args.duration)
                     rows_after, files_after = store.counts()
                     created = figures["statuses"].get("201", 0)
-                    errors = figures["socket_errors"] + figures["timeouts"] + sum(
-                        count for status, count in figures["statuses"].items() if status != "201"
+                    errors = (
+                        figures["socket_errors"]
+                        + figures["timeouts"]
+                        + sum(count for status, count in figures["statuses"].items() if status != "201")
                     )
                     missing = store.missing(figures["ids"]) + (len(set(figures["ids"])) != created)
                     rows = rows_after - rows_before
                     orphans = (files_after - files_before) - rows
                     failures += errors + missing + abs(orphans) + (not created <= rows <= created + connections)
-                    print(f"{connections:>7} {figures['per_second']:>8.1f} {figures['p50_us'] / 1000:>7.1f} "
-                          f"{figures['p99_us'] / 1000:>7.1f} {figures['max_us'] / 1000:>7.1f} {errors:>6} "
-                          f"{created:>6} {missing:>7} {rows:>6} {orphans:>7} {figures['server_cpu_ms']:>7.2f} "
-                          f"{figures['wrk_cpu_ms']:>7.2f}", flush=True)
+                    print(
+                        f"{connections:>7} {figures['per_second']:>8.1f} {figures['p50_us'] / 1000:>7.1f} "
+                        f"{figures['p99_us'] / 1000:>7.1f} {figures['max_us'] / 1000:>7.1f} {errors:>6} "
+                        f"{created:>6} {missing:>7} {rows:>6} {orphans:>7} {figures['server_cpu_ms']:>7.2f} "
+                        f"{figures['wrk_cpu_ms']:>7.2f}",
+                        flush=True,
+                    )
             without_file = store.rows_without_file()
             failures += without_file
             print(f"rows in the database without their image file: {without_file}")

@@ -69,15 +69,21 @@ def training_throughput(batches: int = 30) -> None:
     for _ in range(batches // 3):
         model.train_on_batch(*batch)
     step = (time.perf_counter() - start) / (batches // 3)
-    print(f"  {'training step (batch ' + str(config.batch_size) + ')':28s} {config.batch_size / step:9,.0f} images/s "
-          f"({step * 1000:.0f} ms per step)")
+    print(
+        f"  {'training step (batch ' + str(config.batch_size) + ')':28s} {config.batch_size / step:9,.0f} images/s "
+        f"({step * 1000:.0f} ms per step)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the .tflite file (default: the shipped base model)")
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="the .tflite file (default: the shipped base model)"
+    )
     parser.add_argument("-n", type=int, default=2000, help="predictions to time per set (default 2000)")
-    parser.add_argument("--training", action="store_true", help="also time the augmentation pipeline and a training step")
+    parser.add_argument(
+        "--training", action="store_true", help="also time the augmentation pipeline and a training step"
+    )
     args = parser.parse_args()
 
     classifier = Classifier(args.model)
@@ -90,8 +96,10 @@ def main() -> None:
         "canvas-style drawings": render_digits(x_test[:200], seed=0).astype(np.float32),
     }
     print(f"model {args.model.name}: {size:,} bytes ({size / 1e6:.2f} MB; budget {SIZE_BUDGET_BYTES / 1e6:.1f} MB)")
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
-          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}; batch 1, {args.n} predictions per set")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}; batch 1, {args.n} predictions per set"
+    )
     for name, images in sets.items():
         times = time_predictions(classifier, images, args.n)
         median, p99 = np.median(times), np.percentile(times, 99)

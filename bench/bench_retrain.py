@@ -128,7 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="artefact folder of the starting model")
     parser.add_argument("--drawings", type=int, default=1000, help="reviewed drawings to make (default 1000)")
-    parser.add_argument("--keep", type=Path, help="build the scratch site here and keep it (default: a temporary folder)")
+    parser.add_argument(
+        "--keep", type=Path, help="build the scratch site here and keep it (default: a temporary folder)"
+    )
     parser.add_argument("retrain_options", nargs="*", help="extra options for retrain, after --")
     options = parser.parse_args()
 
@@ -148,11 +150,15 @@ def main() -> None:
 
         seconds, output = run_command(directory, "retrain", *options.retrain_options)
         print(output)
-        print(f"manage.py retrain took {seconds:.1f} s wall time (process start, TensorFlow import and model load "
-              f"included) and {last_cpu_seconds:.1f} s of CPU time")
+        print(
+            f"manage.py retrain took {seconds:.1f} s wall time (process start, TensorFlow import and model load "
+            f"included) and {last_cpu_seconds:.1f} s of CPU time"
+        )
         # Other processes on the machine stretch the wall time; the CPU time says what the run itself costs.
-        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average over the last 5 minutes "
-              f"{os.getloadavg()[1]:.1f}")
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average over the last 5 minutes "
+            f"{os.getloadavg()[1]:.1f}"
+        )
 
 
 if __name__ == "__main__":

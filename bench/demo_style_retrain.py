@@ -13,7 +13,6 @@ bubble letters (docs/retraining.md). The shipped model reads most of them wrong.
 import argparse
 import base64
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,7 +25,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_retrain import DEFAULT_MODEL, PROJECT_ROOT, canvas_pngs, label_drawings, run_command, scratch_environment, setup_site  # noqa: E402
+from bench_retrain import (  # noqa: E402
+    DEFAULT_MODEL,
+    PROJECT_ROOT,
+    canvas_pngs,
+    label_drawings,
+    run_command,
+    scratch_environment,
+    setup_site,
+)
 
 CANVAS = 400
 BUBBLE_WIDTH = (0.22, 0.32)  # width of the (hollow) stroke / digit height; the site's pen gives about 0.1-0.2
@@ -173,7 +180,9 @@ def main() -> None:
 
         (x_train, y_train), _ = load_mnist()
         rng = np.random.default_rng(3)
-        population = rng.choice(np.arange(POPULATION_DIGITS.start, POPULATION_DIGITS.stop), options.population, replace=False)
+        population = rng.choice(
+            np.arange(POPULATION_DIGITS.start, POPULATION_DIGITS.stop), options.population, replace=False
+        )
         style_pngs, style_labels = bubble_pngs(x_train[population], seed=5), y_train[population]
         ordinary_pngs, ordinary_labels = canvas_pngs(x_train[ORDINARY_DIGITS], seed=6), y_train[ORDINARY_DIGITS]
 
@@ -181,8 +190,10 @@ def main() -> None:
         try:
             started = time.perf_counter()
             style_before, versions, answers = measure(site, style_pngs, style_labels)
-            print(f"posted {len(answers)} bubble drawings in {time.perf_counter() - started:.0f} s; "
-                  f"version {versions} reads {style_before:.1%} of them right")
+            print(
+                f"posted {len(answers)} bubble drawings in {time.perf_counter() - started:.0f} s; "
+                f"version {versions} reads {style_before:.1%} of them right"
+            )
             reviewed, held_out = np.arange(options.relabel), np.arange(options.relabel, len(answers))
             drawings = {str(d.id): d for d in Drawing.objects.filter(id__in=[answers[i]["id"] for i in reviewed])}
             label_drawings([drawings[answers[i]["id"]] for i in reviewed], [int(style_labels[i]) for i in reviewed])
@@ -210,11 +221,17 @@ def main() -> None:
         finally:
             site.stop()
 
-    print(f"\nretrain took {seconds:.0f} s; the running server answered with version {new.version} "
-          f"{switch:.1f} s after the command ended; rollback took {rollback:.1f} s to reach the server")
-    print(f"meanwhile a visitor sent {traffic.requests} drawings: {traffic.failures} failed; "
-          f"versions answering in turn: {' -> '.join(map(str, traffic.versions))}\n")
-    print(f"| measured through the API (gunicorn, 2 workers) | size | v{base.version} (before) | v{new.version} (after) |")
+    print(
+        f"\nretrain took {seconds:.0f} s; the running server answered with version {new.version} "
+        f"{switch:.1f} s after the command ended; rollback took {rollback:.1f} s to reach the server"
+    )
+    print(
+        f"meanwhile a visitor sent {traffic.requests} drawings: {traffic.failures} failed; "
+        f"versions answering in turn: {' -> '.join(map(str, traffic.versions))}\n"
+    )
+    print(
+        f"| measured through the API (gunicorn, 2 workers) | size | v{base.version} (before) | v{new.version} (after) |"
+    )
     print("| --- | ---: | ---: | ---: |")
     print(f"| held-out bubble drawings (never labelled) | {len(held_out)} | {held_before:.1%} | {held_after:.1%} |")
     print(f"| ordinary canvas drawings | {len(ordinary_labels)} | {ordinary_before:.1%} | {ordinary_after:.1%} |")

@@ -107,9 +107,7 @@ class ConfidenceBandFilter(admin.SimpleListFilter):
 
 def _log_review(modeladmin, request, drawings: list[Drawing], message: str) -> None:
     """Write `message` into the admin history of each reviewed drawing and tell the reviewer how many changed."""
-    LogEntry.objects.log_actions(
-        user_id=request.user.pk, queryset=drawings, action_flag=CHANGE, change_message=message
-    )
+    LogEntry.objects.log_actions(user_id=request.user.pk, queryset=drawings, action_flag=CHANGE, change_message=message)
     count = len(drawings)
     summary = ngettext("%(message)s (%(count)d drawing)", "%(message)s (%(count)d drawings)", count)
     modeladmin.message_user(request, summary % {"message": message, "count": count}, messages.SUCCESS)

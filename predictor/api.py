@@ -39,7 +39,14 @@ ERROR_CODES = {
 
 # DRF's own validation codes, reported under the view's `invalid_input_code` instead.
 GENERIC_VALIDATION_CODES = {
-    "invalid", "required", "null", "blank", "min_value", "max_value", "max_string_length", "not_a_list",
+    "invalid",
+    "required",
+    "null",
+    "blank",
+    "min_value",
+    "max_value",
+    "max_string_length",
+    "not_a_list",
 }
 
 NOT_FOUND = "No such prediction, or it was made in another browser session."
@@ -61,7 +68,8 @@ ERRORS = {
     "invalid_image": (400, "The file is not a PNG, JPEG or WebP image."),
     "empty_drawing": (400, "Draw a digit first: the canvas is empty."),
     "image_too_large": (
-        400, "The image is 60000x60000 pixels; the limit is 16,777,216 pixels (for example 4096x4096)."
+        400,
+        "The image is 60000x60000 pixels; the limit is 16,777,216 pixels (for example 4096x4096).",
     ),
     "invalid_label": (400, 'Send either {"label": 0-9} or {"correct": true}.'),
     "malformed_request": (400, "JSON parse error - Expecting value: line 1 column 11 (char 10)"),
@@ -137,8 +145,7 @@ class MultiPartParser(parsers.MultiPartParser):
             return super().parse(stream, media_type, context)
         except SuspiciousOperation:  # more fields or files than Django accepts, or a broken part
             raise exceptions.ParseError(
-                "The multipart body has too many fields or files, or a malformed part; "
-                "send one field named image."
+                "The multipart body has too many fields or files, or a malformed part; send one field named image."
             ) from None
 
 
@@ -307,8 +314,15 @@ class PredictionCreateApi(APIView):
         responses={
             201: PredictionOutputSerializer,
             **error_responses(
-                "invalid_image", "empty_drawing", "image_too_large", "malformed_request", "permission_denied",
-                "payload_too_large", "unsupported_media_type", "throttled", "model_unavailable",
+                "invalid_image",
+                "empty_drawing",
+                "image_too_large",
+                "malformed_request",
+                "permission_denied",
+                "payload_too_large",
+                "unsupported_media_type",
+                "throttled",
+                "model_unavailable",
             ),
         },
         auth=[],
@@ -367,8 +381,13 @@ class PredictionFeedbackApi(APIView):
         responses={
             200: PredictionOutputSerializer,
             **error_responses(
-                "invalid_label", "malformed_request", "permission_denied", "not_found", "payload_too_large",
-                "unsupported_media_type", "throttled",
+                "invalid_label",
+                "malformed_request",
+                "permission_denied",
+                "not_found",
+                "payload_too_large",
+                "unsupported_media_type",
+                "throttled",
             ),
         },
         auth=[],

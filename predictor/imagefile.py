@@ -97,8 +97,7 @@ def decode_payload(text: str) -> bytes:
             raise InvalidImage("The data URL has no comma before the image data.")
         if media_type not in ACCEPTED_MEDIA_TYPES:
             raise InvalidImage(
-                f"Images of type {media_type or 'unknown'!r} are not accepted: "
-                f"send {', '.join(ACCEPTED_MEDIA_TYPES)}."
+                f"Images of type {media_type or 'unknown'!r} are not accepted: send {', '.join(ACCEPTED_MEDIA_TYPES)}."
             )
         if "base64" not in parameters:
             raise InvalidImage("The data URL must be base64-encoded (data:image/png;base64,...).")
@@ -113,8 +112,7 @@ def decode_payload(text: str) -> bytes:
         raise InvalidImage("The image data is empty.")
     if bad := NOT_BASE64.search(text):
         raise InvalidImage(
-            f"The image data is not valid base64: unexpected character {bad.group()!r} "
-            f"at position {bad.start()}."
+            f"The image data is not valid base64: unexpected character {bad.group()!r} at position {bad.start()}."
         )
     if "=" in text.rstrip("="):
         raise InvalidImage("The image data is not valid base64: '=' may only appear at the end.")
@@ -164,8 +162,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = M
         )
     if min(width, height) < MIN_SIDE:
         raise InvalidImage(
-            f"The image is {width}x{height} pixels, too small to hold a drawing: "
-            f"send at least {MIN_SIDE}x{MIN_SIDE}."
+            f"The image is {width}x{height} pixels, too small to hold a drawing: send at least {MIN_SIDE}x{MIN_SIDE}."
         )
     _check_encoding(data, kind, width * height, max_pixels // COSTLY_PIXELS_DIVISOR)
     pixels = _decode_canvas_png(data) if kind == "png" else None

@@ -32,9 +32,7 @@ class ModelLoadError(RuntimeError):
 class Classifier:
     """A digit classifier over one .tflite model: float32 (28, 28) pixels 0..255 in, probabilities out."""
 
-    def __init__(
-        self, model: str | os.PathLike | bytes, *, name: str | None = None, num_threads: int = 1
-    ) -> None:
+    def __init__(self, model: str | os.PathLike | bytes, *, name: str | None = None, num_threads: int = 1) -> None:
         """Build the classifier from a .tflite file's path or its content; errors call it `name` (default: the path)."""
         # One thread by default: web servers run several workers side by side, and a model this
         # small gains nothing from more.

@@ -46,7 +46,10 @@ class ModelVersion(models.Model):
     tflite = models.FileField(_("TFLite model"), storage=model_storage, max_length=255)
     keras = models.FileField(_("Keras model"), storage=model_storage, max_length=255)
     tflite_sha256 = models.CharField(
-        _("TFLite SHA-256"), max_length=64, blank=True, help_text=_("Checked by every worker before it serves the file.")
+        _("TFLite SHA-256"),
+        max_length=64,
+        blank=True,
+        help_text=_("Checked by every worker before it serves the file."),
     )
     keras_sha256 = models.CharField(_("Keras SHA-256"), max_length=64, blank=True)
     metrics = models.JSONField(_("metrics"), default=dict, blank=True)
@@ -247,9 +250,7 @@ class RetrainRun(models.Model):
         permissions = [("start_retrainrun", _("Can start a retrain run"))]
         constraints = [
             # The database itself refuses a second running run, on every host.
-            models.UniqueConstraint(
-                fields=["status"], condition=models.Q(status="running"), name="one_running_retrain"
-            )
+            models.UniqueConstraint(fields=["status"], condition=models.Q(status="running"), name="one_running_retrain")
         ]
 
     def __str__(self) -> str:

@@ -14,7 +14,6 @@ from predictor.inference import NUM_CLASSES
 from predictor.models import Drawing, ModelVersion
 from predictor.preprocessing import preprocess
 
-
 # Each condition takes the path from the queried model to a Drawing: "" for Drawing itself,
 # "drawings__" to count a ModelVersion's drawings, so every page counts with the same definitions.
 

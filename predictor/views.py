@@ -37,7 +37,7 @@ def drawing_image(request, drawing_id):
         )
         image = drawing.image.open("rb")
     except (Drawing.DoesNotExist, FileNotFoundError):
-        raise Http404("No such drawing.")
+        raise Http404("No such drawing.") from None
     response = FileResponse(image)
     response["Cache-Control"] = "private, max-age=86400"
     return response

@@ -79,7 +79,9 @@ def settle_batchnorm(model: keras.Model, x: np.ndarray) -> None:
 
 def training_sample(config: TrainConfig, data: Data, size: int = SETTLE_IMAGES) -> np.ndarray:
     """Return float32 (size, 28, 28, 1): the first augmented training batches a run with `config` sees."""
-    dataset = make_dataset(data.x_train, data.y_train, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
+    dataset = make_dataset(
+        data.x_train, data.y_train, batch_size=config.batch_size, seed=config.seed, augment=config.augment
+    )
     batches = [pixels.numpy() for pixels, _ in dataset.take(math.ceil(size / config.batch_size))]
     return np.concatenate(batches)[:size]
 
@@ -117,7 +119,9 @@ def ablate(
             train_images=len(run_data.x_train),
             seconds=time.perf_counter() - started,
         )
-        log(f"{name:<40} canvas val {row.canvas_val_accuracy:.4f}  MNIST val {row.mnist_val_accuracy:.4f}  "
-            f"({row.train_images} images, {row.seconds:.0f} s)")
+        log(
+            f"{name:<40} canvas val {row.canvas_val_accuracy:.4f}  MNIST val {row.mnist_val_accuracy:.4f}  "
+            f"({row.train_images} images, {row.seconds:.0f} s)"
+        )
         rows.append(row)
     return rows

@@ -45,7 +45,9 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> 
     b = (-sin + shear * cos) / zoom
     c = sin / zoom
     d = cos / zoom
-    grid_y, grid_x = tf.meshgrid(tf.range(IMAGE_SIZE, dtype=tf.float32) - CENTRE, tf.range(IMAGE_SIZE, dtype=tf.float32) - CENTRE, indexing="ij")
+    grid_y, grid_x = tf.meshgrid(
+        tf.range(IMAGE_SIZE, dtype=tf.float32) - CENTRE, tf.range(IMAGE_SIZE, dtype=tf.float32) - CENTRE, indexing="ij"
+    )
 
     def per_image(v: tf.Tensor) -> tf.Tensor:
         return v[:, None, None]

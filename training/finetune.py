@@ -51,7 +51,9 @@ def finetune(
             if isinstance(layer, layers.BatchNormalization):
                 layer.trainable = False
     steps = max(1, len(x) // config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps * config.epochs, alpha=0.05)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=steps * config.epochs, alpha=0.05
+    )
     compile_model(tuned, learning_rate=schedule, weight_decay=0.0, label_smoothing=config.label_smoothing)
     dataset = make_dataset(x, y, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
     tuned.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, shuffle=False, verbose=verbose)

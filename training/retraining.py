@@ -308,7 +308,11 @@ def gate(
             f"is -{100 * class_margin:.2f}), dropped too far"
         )
     if not too_far:
-        largest = "no digit fell" if worst is None else f"the largest fall is digit {worst}, {100 * deltas[worst]:+.2f} points"
+        largest = (
+            "no digit fell"
+            if worst is None
+            else f"the largest fall is digit {worst}, {100 * deltas[worst]:+.2f} points"
+        )
         reasons.append(f"MNIST test per digit: {largest} (the limit is -{100 * class_margin:.2f}), within the margin")
     return Decision(passed, tuple(reasons), deltas, worst, label_shift)
 

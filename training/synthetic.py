@@ -231,7 +231,9 @@ def _colours(rng: np.random.Generator, transparent: bool) -> tuple[tuple[int, in
         colour = (0, 0, 0) if dark else tuple(int(v) for v in rng.integers(0, 256 - MIN_CONTRAST, 3))
     else:
         background = (0, 0, 0) if rng.random() < 0.7 else tuple(int(v) for v in rng.integers(0, 50, 3))
-        colour = (255, 255, 255) if rng.random() < 0.7 else tuple(int(v) for v in rng.integers(MIN_CONTRAST + 50, 256, 3))
+        colour = (
+            (255, 255, 255) if rng.random() < 0.7 else tuple(int(v) for v in rng.integers(MIN_CONTRAST + 50, 256, 3))
+        )
     return colour, background
 
 
@@ -345,5 +347,7 @@ def _render_chunk(task: tuple[np.ndarray, np.random.SeedSequence, bool]) -> np.n
     cv2.setNumThreads(1)
     rng = np.random.default_rng(seed)
     skeletons = skeletonize(images > THRESHOLD)  # one batched thinning for the whole chunk
-    rendered = [render_digit(image, rng, strokes=digit_strokes(image, sk), crop=crop) for image, sk in zip(images, skeletons)]
+    rendered = [
+        render_digit(image, rng, strokes=digit_strokes(image, sk), crop=crop) for image, sk in zip(images, skeletons)
+    ]
     return np.stack(rendered) if rendered else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)

@@ -25,7 +25,6 @@ from training.model import build_model, logits_model, with_temperature
 from training.synthetic import render_digits
 
 
-
 @dataclass
 class Data:
     """The arrays a training run uses: uint8 images (N, 28, 28) and uint8 labels."""
@@ -59,8 +58,10 @@ def prepare_data(config: TrainConfig, log: Callable[[str], None] = print) -> Dat
             x_synth = render_digits(x_train[pick], seed=config.seed, workers=config.workers)
             x_train = np.concatenate([x_train, x_synth])
             y_train = np.concatenate([y_train, y_train[pick]])
-        log(f"rendered {len(x_canvas)} canvas-style validation and {config.synthetic_size} training drawings "
-            f"in {time.perf_counter() - start:.0f} s")
+        log(
+            f"rendered {len(x_canvas)} canvas-style validation and {config.synthetic_size} training drawings "
+            f"in {time.perf_counter() - start:.0f} s"
+        )
     return Data(x_train, y_train, x_val, y_val, x_canvas, y_canvas, x_test, y_test)
 
 
@@ -92,7 +93,9 @@ class _SparseSmoothed(keras.losses.Loss):
         return {"smoothing": self.smoothing, "name": self.name}
 
 
-def train(config: TrainConfig, data: Data, *, verbose: int | None = None) -> tuple[keras.Model, keras.callbacks.History]:
+def train(
+    config: TrainConfig, data: Data, *, verbose: int | None = None
+) -> tuple[keras.Model, keras.callbacks.History]:
     """Return (model, history): a model trained on data.x_train, restored to its best validation epoch."""
     keras.utils.set_random_seed(config.seed)
     model = build_model(widths=config.widths, dropout=config.dropout)
@@ -106,8 +109,12 @@ def train(config: TrainConfig, data: Data, *, verbose: int | None = None) -> tup
         warmup_target=config.learning_rate,
         warmup_steps=warmup,
     )
-    compile_model(model, learning_rate=schedule, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing)
-    dataset = make_dataset(data.x_train, data.y_train, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
+    compile_model(
+        model, learning_rate=schedule, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing
+    )
+    dataset = make_dataset(
+        data.x_train, data.y_train, batch_size=config.batch_size, seed=config.seed, augment=config.augment
+    )
     # Model selection looks at held-out MNIST and canvas-style drawings, never at MNIST test.
     x_val = np.concatenate([data.x_val, data.x_canvas]).astype(np.float32)[..., None]
     y_val = np.concatenate([data.y_val, data.y_canvas])
@@ -157,8 +164,10 @@ def run(
     started = time.perf_counter()
     log(f"config: {config}")
     data = prepare_data(config, log)
-    log(f"training on {len(data.x_train)} images, validating on {len(data.x_val)} MNIST + "
-        f"{len(data.x_canvas)} canvas-style drawings")
+    log(
+        f"training on {len(data.x_train)} images, validating on {len(data.x_val)} MNIST + "
+        f"{len(data.x_canvas)} canvas-style drawings"
+    )
     fit_started = time.perf_counter()
     model, history = train(config, data, verbose=verbose)
     fit_seconds = time.perf_counter() - fit_started
@@ -166,7 +175,9 @@ def run(
     # Calibrate on the first half of both validation sets; report calibration on the other half.
     half_val, half_canvas = len(data.x_val) // 2, len(data.x_canvas) // 2
     temperature = 1.0
-    ece_before = evaluate(model, data.x_canvas[half_canvas:], data.y_canvas[half_canvas:])["ece"] if half_canvas else None
+    ece_before = (
+        evaluate(model, data.x_canvas[half_canvas:], data.y_canvas[half_canvas:])["ece"] if half_canvas else None
+    )
     if config.calibrate:
         x_cal = np.concatenate([data.x_val[:half_val], data.x_canvas[:half_canvas]])
         y_cal = np.concatenate([data.y_val[:half_val], data.y_canvas[:half_canvas]])
@@ -176,7 +187,9 @@ def run(
     val = evaluate(model, data.x_val, data.y_val)
     has_canvas = len(data.x_canvas) > 0
     canvas = evaluate(model, data.x_canvas, data.y_canvas) if has_canvas else None
-    ece_canvas = evaluate(model, data.x_canvas[half_canvas:], data.y_canvas[half_canvas:])["ece"] if has_canvas else None
+    ece_canvas = (
+        evaluate(model, data.x_canvas[half_canvas:], data.y_canvas[half_canvas:])["ece"] if has_canvas else None
+    )
     metrics = {
         "mnist_test_accuracy": test["accuracy"],
         "mnist_test_loss": test["loss"],
@@ -198,7 +211,9 @@ def run(
         "train_images": len(data.x_train),
         "train_seconds": time.perf_counter() - started,
     }
-    metrics = export.save(model, metrics=metrics, config=config, out_dir=out_dir, parity_images=data.x_test[: config.parity_size])
+    metrics = export.save(
+        model, metrics=metrics, config=config, out_dir=out_dir, parity_images=data.x_test[: config.parity_size]
+    )
     log(summary(metrics, out_dir))
     return metrics
 

@@ -21,11 +21,27 @@ from predictor.preprocessing import preprocess
 
 # matplotlib's own fonts whose digits are ordinary lining figures (its symbol and old-style fonts are left out).
 FONT_FILES = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
-    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
-    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
-    "cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmti10.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+    "cmr10.ttf",
+    "cmb10.ttf",
+    "cmss10.ttf",
+    "cmtt10.ttf",
+    "cmti10.ttf",
 )
 
 
@@ -48,7 +64,9 @@ def typeset_png(digit: int, font_path: Path, rng: np.random.Generator) -> bytes:
     ink = (0, 0, 0, 255) if rng.random() < 0.7 else tuple(int(v) for v in rng.integers(0, 100, 3)) + (255,)
     # The glyph is drawn on its own layer, slanted, then placed at a random spot of the canvas.
     layer = Image.new("RGBA", (2 * size, 2 * size), (0, 0, 0, 0))
-    ImageDraw.Draw(layer).text((size, size), str(digit), font=font, fill=ink, anchor="mm", stroke_width=weight, stroke_fill=ink)
+    ImageDraw.Draw(layer).text(
+        (size, size), str(digit), font=font, fill=ink, anchor="mm", stroke_width=weight, stroke_fill=ink
+    )
     layer = layer.rotate(float(rng.uniform(-10, 10)), resample=Image.BICUBIC)
     layer = layer.crop(layer.getbbox())
     canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0) if transparent else (255, 255, 255, 255))

@@ -43,10 +43,16 @@ def free_port() -> int:
 
 def fresh_copy(target) -> None:
     """Copy the project's files (what git would clone, plus new files not yet committed) to `target`."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=BASE_DIR, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=BASE_DIR,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = BASE_DIR / name
         if source.is_file():
@@ -83,8 +89,13 @@ def start_server(command: str, cwd, env) -> tuple[subprocess.Popen, str]:
     address = f"127.0.0.1:{free_port()}"
     command = re.sub(r"\bPORT=\d+", "", command)
     server = subprocess.Popen(
-        ["bash", "-c", command], cwd=cwd, env={**env, "PORT": address.rsplit(":", 1)[1]},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        ["bash", "-c", command],
+        cwd=cwd,
+        env={**env, "PORT": address.rsplit(":", 1)[1]},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     wait_for_health(f"http://{address}/api/health/", server)
     return server, address
@@ -124,10 +135,16 @@ def test_readme_commands_work_as_written_after_make_run(tmp_path):
                 continue
             numbered.append(command)
             marker = f"echo '@@ {len(numbered)}' | tee /dev/stderr"
-            script.append(f"{marker}\n{command.replace(README_PORT, address)}\necho \"@@ rc $?\"")
+            script.append(f'{marker}\n{command.replace(README_PORT, address)}\necho "@@ rc $?"')
         finished = subprocess.run(
-            ["bash", "-c", "\n".join(script)], cwd=project, env=env, input=SUPERUSER_ANSWERS,
-            capture_output=True, text=True, timeout=900, start_new_session=True,
+            ["bash", "-c", "\n".join(script)],
+            cwd=project,
+            env=env,
+            input=SUPERUSER_ANSWERS,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            start_new_session=True,
         )
     finally:
         stop(site)

@@ -117,8 +117,12 @@ class Site:
 
     def manage(self, host: str, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, env=self.host_env(host),
-            capture_output=True, text=True, timeout=300,
+            [sys.executable, "manage.py", *args],
+            cwd=settings.BASE_DIR,
+            env=self.host_env(host),
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
@@ -126,8 +130,12 @@ class Site:
     def start(self, host: str, *args: str) -> subprocess.Popen:
         with open(self.tmp_path / f"{host}.log", "w") as log:  # the child keeps its own descriptor
             process = subprocess.Popen(
-                [sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, env=self.host_env(host),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "manage.py", *args],
+                cwd=settings.BASE_DIR,
+                env=self.host_env(host),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.processes.append(process)
         return process
@@ -223,7 +231,9 @@ def test_two_hosts_and_a_worker_share_only_the_database_cache_and_bucket(
         by_label: dict[int, list[str]] = {}
         for digit in range(10):
             for index in np.flatnonzero(labels == digit)[:DRAWINGS_PER_DIGIT]:
-                answer = requests.post(f"{hosts['a']}/api/predictions/", json={"image": data_url(canvas_png(images[index]))})
+                answer = requests.post(
+                    f"{hosts['a']}/api/predictions/", json={"image": data_url(canvas_png(images[index]))}
+                )
                 assert answer.status_code == 201, answer.text
                 by_label.setdefault(digit, []).append(answer.json()["id"])
         drawings = bucket.keys("drawings/")
@@ -263,7 +273,9 @@ def test_two_hosts_and_a_worker_share_only_the_database_cache_and_bucket(
 
         # Rollback from host A's admin; host B follows.
         rolled_back_at = time.time()
-        admin_action(admin_a, f"{hosts['a']}/admin/predictor/modelversion/", "activate_version", [version_id(database, 1)])
+        admin_action(
+            admin_a, f"{hosts['a']}/admin/predictor/modelversion/", "activate_version", [version_id(database, 1)]
+        )
         seen = wait_until_both_serve(hosts, 1, seconds=10)
         assert max(seen.values()) - rolled_back_at <= FOLLOW_SECONDS + 0.5
 

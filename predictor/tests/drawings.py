@@ -53,9 +53,7 @@ def draw(digit="7", size=(280, 280), *, background=TRANSPARENT, ink=BLACK, box=(
     pencil = ImageDraw.Draw(big)
     left, top, right, bottom = box
     for stroke in STROKES[digit]:
-        points = [
-            (2 * width * (left + x * (right - left)), 2 * height * (top + y * (bottom - top))) for x, y in stroke
-        ]
+        points = [(2 * width * (left + x * (right - left)), 2 * height * (top + y * (bottom - top))) for x, y in stroke]
         pencil.line(points, fill=ink, width=2 * pen, joint="curve")
         for x, y in points:
             pencil.ellipse((x - pen, y - pen, x + pen, y + pen), fill=ink)

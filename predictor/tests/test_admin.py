@@ -134,8 +134,11 @@ def test_date_filter_past_seven_days_leaves_out_older_drawings(admin_client, mix
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "action, expected_label, expected_excluded",
-    [("confirm_prediction", "predicted", False), *((f"relabel_as_{d}", d, False) for d in range(10)),
-     ("exclude_drawing", None, True)],
+    [
+        ("confirm_prediction", "predicted", False),
+        *((f"relabel_as_{d}", d, False) for d in range(10)),
+        ("exclude_drawing", None, True),
+    ],
 )
 def test_each_action_reviews_the_selected_drawings_and_logs_it(
     admin_client, admin_user, mixed, action, expected_label, expected_excluded
@@ -333,8 +336,12 @@ def test_staff_without_review_permissions_is_refused(client, mixed):
 def test_non_staff_are_sent_to_the_admin_login(client, mixed, logged_in):
     if logged_in:
         client.force_login(User.objects.create_user("visitor"))
-    for url in (reverse("admin:index"), CHANGELIST, DASHBOARD,
-                reverse("admin:predictor_drawing_change", args=[mixed["sure"].id])):
+    for url in (
+        reverse("admin:index"),
+        CHANGELIST,
+        DASHBOARD,
+        reverse("admin:predictor_drawing_change", args=[mixed["sure"].id]),
+    ):
         response = client.get(url)
         assert response.status_code == 302 and response.url.startswith(reverse("admin:login"))
     response = run_action(client, "relabel_as_3", [mixed["unsure"]])

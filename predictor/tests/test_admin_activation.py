@@ -74,7 +74,11 @@ def test_activate_action_switches_the_version_records_who_and_logs_it(admin_clie
     assert "Version 2 now answers predictions." in shown_messages(response)
     assert list(ModelVersion.objects.filter(is_active=True)) == [second]
     activation = ModelActivation.objects.first()
-    assert (activation.model_version, activation.previous, activation.activated_by) == (second, active_model, admin_user)
+    assert (activation.model_version, activation.previous, activation.activated_by) == (
+        second,
+        active_model,
+        admin_user,
+    )
     assert activation.source == "admin" and activation.note == ""
     assert LogEntry.objects.get(object_id=str(second.id)).get_change_message() == "Activated."
 
@@ -131,7 +135,9 @@ def test_a_version_that_failed_its_gate_asks_for_confirmation_then_activates_wit
     activation = ModelActivation.objects.get(model_version=failed)
     assert (activation.activated_by, activation.source, activation.previous) == (admin_user, "admin", active_model)
     assert activation.note == "activated although it failed its gate: " + "; ".join(REASONS)
-    assert LogEntry.objects.get(object_id=str(failed.id)).get_change_message() == "Activated although it failed its gate."
+    assert (
+        LogEntry.objects.get(object_id=str(failed.id)).get_change_message() == "Activated although it failed its gate."
+    )
 
 
 @pytest.mark.django_db

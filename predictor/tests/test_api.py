@@ -19,8 +19,15 @@ from predictor.tests.drawings import canvas_png, data_url
 
 CREATE_URL = "/api/predictions/"
 PAYLOAD_KEYS = {
-    "id", "predicted_label", "confidence", "probabilities", "model_version", "input_image", "created_at",
-    "feedback_label", "true_label",
+    "id",
+    "predicted_label",
+    "confidence",
+    "probabilities",
+    "model_version",
+    "input_image",
+    "created_at",
+    "feedback_label",
+    "true_label",
 }
 
 
@@ -260,7 +267,16 @@ def test_feedback_is_stored_and_replaced(api_client, active_model, digit_png):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    "payload", [{"label": 10}, {"label": -1}, {"label": "seven"}, {"label": True}, {"correct": False}, {}, {"label": 3, "correct": True}]
+    "payload",
+    [
+        {"label": 10},
+        {"label": -1},
+        {"label": "seven"},
+        {"label": True},
+        {"correct": False},
+        {},
+        {"label": 3, "correct": True},
+    ],
 )
 def test_bad_feedback_is_refused(api_client, drawing, payload):
     session = api_client.session

@@ -82,7 +82,9 @@ def run(args: list[str], env: dict, timeout: float = 120) -> subprocess.Complete
 
 
 def test_check_deploy_reports_nothing_under_production_settings(tmp_path):
-    result = run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], production_env(tmp_path))
+    result = run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], production_env(tmp_path)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout and "WARNING" not in result.stderr
 
@@ -113,7 +115,9 @@ def test_production_settings_send_security_headers_and_use_hashed_static_files(t
 
 
 def test_collected_page_script_imports_its_modules_by_hashed_name(tmp_path):
-    result = run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"], production_env(tmp_path))
+    result = run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"], production_env(tmp_path)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     manifest = json.loads((tmp_path / "static" / "staticfiles.json").read_text())["paths"]
     main = (tmp_path / "static" / manifest["js/main.js"]).read_text()

@@ -6,6 +6,7 @@ stored; memory stays bounded.
 
 import base64
 import codecs
+import contextlib
 import encodings.aliases
 import io
 import json
@@ -23,7 +24,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client
 from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
-from hypothesis import HealthCheck, example, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from PIL import Image
 from rest_framework.test import APIClient
 from rest_framework.throttling import ScopedRateThrottle
@@ -105,7 +108,9 @@ def test_broken_and_truncated_base64_is_refused(api_client, active_model, text, 
 @pytest.mark.django_db
 @FUZZ
 @given(media_type=media_types, parameters=st.sampled_from([";base64", "", ";charset=utf-8", ";base64;x=1"]))
-def test_data_urls_of_the_wrong_type_or_encoding_are_refused(api_client, active_model, media_type, parameters, digit_png):
+def test_data_urls_of_the_wrong_type_or_encoding_are_refused(
+    api_client, active_model, media_type, parameters, digit_png
+):
     Drawing.objects.all().delete()
     url = f"data:{media_type}{parameters}," + base64.b64encode(digit_png[0]).decode()
     response = post_json(api_client, {"image": url})
@@ -127,18 +132,31 @@ def test_json_of_every_wrong_shape_is_refused(api_client, active_model, payload,
 
 @pytest.mark.django_db
 @FUZZ
-@given(body=st.binary(max_size=3000), content_type=st.sampled_from(
-    ["application/json", "multipart/form-data; boundary=xyz", "multipart/form-data", "text/plain",
-     "application/octet-stream", "image/png", "application/x-www-form-urlencoded", ""]
-))
+@given(
+    body=st.binary(max_size=3000),
+    content_type=st.sampled_from(
+        [
+            "application/json",
+            "multipart/form-data; boundary=xyz",
+            "multipart/form-data",
+            "text/plain",
+            "application/octet-stream",
+            "image/png",
+            "application/x-www-form-urlencoded",
+            "",
+        ]
+    ),
+)
 def test_random_bodies_of_any_content_type_are_refused(api_client, active_model, body, content_type):
     assert_refused(post_raw(api_client, body, content_type))
 
 
 @pytest.mark.django_db
 @FUZZ
-@given(cuts=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
-       truncate=st.integers(0, 10**6) | st.none())
+@given(
+    cuts=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+    truncate=st.integers(0, 10**6) | st.none(),
+)
 def test_damaged_drawings_never_cause_a_server_error(api_client, active_model, digit_png, cuts, truncate):
     Drawing.objects.all().delete()
     damaged = bytearray(digit_png[0])
@@ -240,9 +258,12 @@ def test_the_depth_check_is_exact_on_valid_json(value, depth, ascii_only):
 
 @pytest.mark.django_db
 @FUZZ
-@given(pattern=st.lists(st.sampled_from(OPENERS), min_size=1, max_size=4), depth=st.integers(1, 200_000),
-       leaf=st.sampled_from(["0", '"x"', "null", "[]", "{}", '"data:image/png;base64,AAAA"']),
-       multipart=st.booleans())
+@given(
+    pattern=st.lists(st.sampled_from(OPENERS), min_size=1, max_size=4),
+    depth=st.integers(1, 200_000),
+    leaf=st.sampled_from(["0", '"x"', "null", "[]", "{}", '"data:image/png;base64,AAAA"']),
+    multipart=st.booleans(),
+)
 def test_nested_bodies_of_any_depth_are_refused_without_server_error(
     api_client, active_model, pattern, depth, leaf, multipart
 ):
@@ -274,10 +295,8 @@ def known_codecs() -> list[str]:
     """Return the name of every codec this Python can look up (text, bytes-to-bytes and odd ones alike)."""
     names = set()
     for name in encodings.aliases.aliases.values():
-        try:
+        with contextlib.suppress(LookupError):  # listed, but not on this platform (mbcs)
             names.add(codecs.lookup(name).name)
-        except LookupError:  # listed, but not on this platform (mbcs)
-            pass
     return sorted(names)
 
 
@@ -287,12 +306,13 @@ CHARSETS = known_codecs()
 
 @pytest.mark.django_db
 @FUZZ
-@given(charset=st.sampled_from(CHARSETS + ["x", ""]), multipart=st.booleans(),
-       payload=st.sampled_from([{"image": "abc"}, {"image": "data:image/png;base64,AAAA"}]))
+@given(
+    charset=st.sampled_from(CHARSETS + ["x", ""]),
+    multipart=st.booleans(),
+    payload=st.sampled_from([{"image": "abc"}, {"image": "data:image/png;base64,AAAA"}]),
+)
 @example(charset="idna", multipart=True, payload={"image": "abc"})  # fails inside Django's multipart parser
-def test_any_declared_charset_is_refused_without_server_error(
-    api_client, active_model, charset, multipart, payload
-):
+def test_any_declared_charset_is_refused_without_server_error(api_client, active_model, charset, multipart, payload):
     if multipart:
         body, content_type = encode_multipart(BOUNDARY, payload), MULTIPART_CONTENT
     else:
@@ -312,8 +332,11 @@ def png(width: int, height: int, raw: bytes, *, colour_type: int = 0, extra: byt
     """A PNG built by hand: 8-bit, the given colour type, `raw` as the filtered scanlines."""
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + extra
-        + chunk(b"IDAT", zlib.compress(raw, level)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + extra
+        + chunk(b"IDAT", zlib.compress(raw, level))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -348,17 +371,23 @@ def nasty_corpus(digit: Image.Image) -> dict[str, tuple[bytes, set[int]]]:
         "bomb within the pixel limit": (bomb(4096), {400}),  # decoded (16M pixels), blank: empty drawing
         "bomb over the pixel limit": (bomb(8192), {400}),
         "huge declared png": (png(100_000, 100_000, b"\0" * 10), refused),
-        "huge declared jpeg": (pillow(Image.new("L", (16, 16)), "JPEG")[:2] + b"\xff\xc0\x00\x0b\x08\xff\xff\xff\xff\x01\x01\x11\x00", refused),
+        "huge declared jpeg": (
+            pillow(Image.new("L", (16, 16)), "JPEG")[:2] + b"\xff\xc0\x00\x0b\x08\xff\xff\xff\xff\x01\x01\x11\x00",
+            refused,
+        ),
         "zero width png": (png(0, 10, b""), refused),
         "1x1 png": (pillow(Image.new("L", (1, 1)), "PNG"), refused),
-        "16-bit grey png": (pillow(Image.fromarray((np.asarray(digit, np.uint16) * 257)), "PNG"), readable),
+        "16-bit grey png": (pillow(Image.fromarray(np.asarray(digit, np.uint16) * 257), "PNG"), readable),
         "palette png": (pillow(digit.convert("P"), "PNG"), readable),
         "grey+alpha png": (pillow(digit.convert("LA"), "PNG"), readable),
         "interlaced png": (cv2.imencode(".png", np.asarray(digit))[1].tobytes(), readable),
         "cmyk jpeg": (pillow(digit.convert("CMYK"), "JPEG"), readable),
         "progressive jpeg": (pillow(digit.convert("RGB"), "JPEG", progressive=True), readable),
         "webp": (pillow(digit.convert("RGB"), "WEBP"), readable),
-        "animated webp": (pillow(frames[0].convert("RGB"), "WEBP", save_all=True, append_images=[frames[1].convert("RGB")]), readable),
+        "animated webp": (
+            pillow(frames[0].convert("RGB"), "WEBP", save_all=True, append_images=[frames[1].convert("RGB")]),
+            readable,
+        ),
         "animated gif": (pillow(frames[0], "GIF", save_all=True, append_images=frames[1:]), refused),
         "svg": (b'<svg xmlns="http://www.w3.org/2000/svg" width="280" height="280"><text>7</text></svg>', refused),
         "bmp": (pillow(digit, "BMP"), refused),
@@ -380,9 +409,7 @@ def current_rss_mb() -> float:
 
 
 @pytest.mark.django_db
-def test_nasty_images_are_answered_without_server_error_and_memory_stays_bounded(
-    api_client, active_model, digit_image
-):
+def test_nasty_images_are_answered_without_server_error_and_memory_stays_bounded(api_client, active_model, digit_image):
     corpus = nasty_corpus(digit_image)
     rss = []
     for _ in range(3):

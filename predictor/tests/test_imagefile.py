@@ -84,8 +84,16 @@ def test_image_header_gives_format_and_declared_size(fmt):
         b"\xff\xd8\xff\xe0\0\x10JFIF\0",
     ],
     ids=[
-        "empty", "text", "noise", "gif", "bmp", "tiff", "svg",
-        "png-signature-only", "webp-header-only", "jpeg-header-only",
+        "empty",
+        "text",
+        "noise",
+        "gif",
+        "bmp",
+        "tiff",
+        "svg",
+        "png-signature-only",
+        "webp-header-only",
+        "jpeg-header-only",
     ],
 )
 def test_what_is_not_a_png_jpeg_or_webp_is_invalid(data):
@@ -123,7 +131,9 @@ CANVAS_PNGS = {
     "rgba-transparent": lambda: encode(draw("0")),
     "rgba-coloured": lambda: encode(draw("1", (500, 320), background=(250, 240, 200, 255), ink=(200, 0, 90, 255))),
     "rgb-white": lambda: encode(draw("7", (280, 280), background=WHITE).convert("RGB")),
-    "rgba-written-by-opencv": lambda: cv2.imencode(".png", cv2.cvtColor(np.asarray(draw()), cv2.COLOR_RGBA2BGRA))[1].tobytes(),
+    "rgba-written-by-opencv": lambda: cv2.imencode(".png", cv2.cvtColor(np.asarray(draw()), cv2.COLOR_RGBA2BGRA))[
+        1
+    ].tobytes(),
     "rgba-best-compression": lambda: encode(draw("0", (1000, 1000)), compress_level=9),
 }
 
@@ -210,9 +220,7 @@ def test_max_pixels_is_a_parameter():
     assert decode_image(data, max_pixels=300 * 300).shape == (300, 300, 4)
 
 
-@pytest.mark.parametrize(
-    ("media_type", "fmt"), [("image/png", "PNG"), ("image/jpeg", "JPEG"), ("image/webp", "WEBP")]
-)
+@pytest.mark.parametrize(("media_type", "fmt"), [("image/png", "PNG"), ("image/jpeg", "JPEG"), ("image/webp", "WEBP")])
 def test_data_url_gives_the_image_bytes(media_type, fmt):
     data = encode(draw().convert("RGB"), fmt)
     assert decode_payload(f"data:{media_type};base64,{base64.b64encode(data).decode()}") == data
@@ -265,4 +273,3 @@ def test_encode_png_round_trips(dtype):
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     assert decoded.shape == (28, 28) and decoded.dtype == np.uint8
     assert np.array_equal(decoded, pixels)
-

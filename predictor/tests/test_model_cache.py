@@ -84,7 +84,9 @@ def test_a_changed_local_copy_is_detected_and_fetched_again(active_model, storag
 
 
 @pytest.mark.django_db
-def test_without_a_usable_local_folder_the_model_is_still_served(active_model, settings, tmp_path, api_client, digit_png):
+def test_without_a_usable_local_folder_the_model_is_still_served(
+    active_model, settings, tmp_path, api_client, digit_png
+):
     settings.DIGIT_MODEL_CACHE = tmp_path / "a-file"
     settings.DIGIT_MODEL_CACHE.write_text("not a folder")
     model_cache.forget_loaded_models(keep_local_copies=True)

@@ -61,8 +61,16 @@ def test_output_is_float32_28x28_whole_numbers_in_mnist_polarity():
         ((240, 240, 240, 255), (20, 90, 30, 255)),
         ((255, 255, 255, 0), (0, 0, 0, 255)),
     ],
-    ids=["black-on-transparent", "red-on-transparent", "white-on-transparent", "black-on-white",
-         "white-on-black", "blue-on-yellow", "green-on-grey", "black-on-transparent-white"],
+    ids=[
+        "black-on-transparent",
+        "red-on-transparent",
+        "white-on-transparent",
+        "black-on-white",
+        "white-on-black",
+        "blue-on-yellow",
+        "green-on-grey",
+        "black-on-transparent-white",
+    ],
 )
 def test_any_stroke_colour_on_any_background_gives_the_same_input(reference, background, ink):
     assert_close(preprocess(encode(draw(background=background, ink=ink))), reference, mean=0.5)

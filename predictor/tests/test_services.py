@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from predictor import model_cache, services
 from predictor.model_cache import ModelUnavailable
-from predictor.models import Drawing, ModelActivation, ModelVersion
+from predictor.models import ModelActivation, ModelVersion
 
 SHIPPED = settings.BASE_DIR / "training" / "artifacts" / "base"
 FAILED_GATE = {"gate": {"passed": False, "reasons": ["MNIST test: 99.1% -> 98.2% (dropped 0.9 points)"]}}
@@ -168,7 +168,11 @@ def test_each_activation_records_who_when_from_where_and_what_it_replaced(active
     before = timezone.now()
     services.model_version_activate(version=second, activated_by=admin_user, source="admin")
     activation = ModelActivation.objects.first()
-    assert (activation.model_version, activation.previous, activation.activated_by) == (second, active_model, admin_user)
+    assert (activation.model_version, activation.previous, activation.activated_by) == (
+        second,
+        active_model,
+        admin_user,
+    )
     assert activation.source == "admin" and activation.note == ""
     assert before <= activation.created_at <= timezone.now()
 

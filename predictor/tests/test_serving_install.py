@@ -53,7 +53,11 @@ def test_serving_code_works_without_training_packages(tmp_path, digit_png):
     }
     finished = subprocess.run(
         [sys.executable, "-c", SERVING_ONLY, str(tmp_path / "digit.png")],
-        cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=300,
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.split() == ["predicted", str(label)]

@@ -87,8 +87,13 @@ def test_request_refuses_options_the_command_does_not_have():
 def test_a_run_page_shows_its_log_and_follows_it_only_while_it_is_pending(admin_client):
     now = timezone.now()
     run = RetrainRun.objects.create(
-        source="admin", status=Status.RUNNING, started_at=now, heartbeat_at=now, host="trainer-2",
-        progress="fine-tuning: epoch 3/5", log="Epoch 3/5\n<script>alert(1)</script>\n",
+        source="admin",
+        status=Status.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        host="trainer-2",
+        progress="fine-tuning: epoch 3/5",
+        log="Epoch 3/5\n<script>alert(1)</script>\n",
     )
     page = admin_client.get(reverse("admin:predictor_retrainrun_change", args=[run.pk])).content.decode()
     assert '<pre class="run-log">Epoch 3/5\n&lt;script&gt;alert(1)&lt;/script&gt;\n</pre>' in page
@@ -103,7 +108,10 @@ def test_a_run_page_shows_its_log_and_follows_it_only_while_it_is_pending(admin_
 def test_runs_are_a_record_nobody_edits_in_the_admin(admin_client):
     run = RetrainRun.objects.create(source="admin")
     assert admin_client.get(reverse("admin:predictor_retrainrun_add")).status_code == 403
-    assert admin_client.post(reverse("admin:predictor_retrainrun_delete", args=[run.pk]), {"post": "yes"}).status_code == 403
+    assert (
+        admin_client.post(reverse("admin:predictor_retrainrun_delete", args=[run.pk]), {"post": "yes"}).status_code
+        == 403
+    )
     change = reverse("admin:predictor_retrainrun_change", args=[run.pk])
     admin_client.post(change, {"status": Status.PASSED, "log": "forged"})
     assert RetrainRun.objects.get(id=run.pk).status == Status.QUEUED

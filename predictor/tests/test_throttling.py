@@ -56,16 +56,12 @@ def test_predictions_are_limited_per_client_with_retry_after(api_client, active_
 @pytest.mark.django_db
 def test_a_forged_forwarded_for_header_does_not_escape_the_limit(api_client, active_model, digit_png, rates):
     rates(predictions="2/min")
-    statuses = [
-        predict(api_client, digit_png[0], HTTP_X_FORWARDED_FOR=f"203.0.113.{n}").status_code for n in range(4)
-    ]
+    statuses = [predict(api_client, digit_png[0], HTTP_X_FORWARDED_FOR=f"203.0.113.{n}").status_code for n in range(4)]
     assert statuses == [201, 201, 429, 429]
 
 
 @pytest.mark.django_db
-def test_behind_a_proxy_the_address_it_saw_is_the_client(
-    api_client, active_model, digit_png, rates, settings
-):
+def test_behind_a_proxy_the_address_it_saw_is_the_client(api_client, active_model, digit_png, rates, settings):
     settings.DIGIT_PROXIES = 1
     rates(predictions="2/min")
     # The proxy appends the address it saw; anything before it was written by the client.

@@ -8,8 +8,15 @@ from training.model import build_model
 from training.train import prepare_data
 
 TINY = TrainConfig(
-    epochs=1, batch_size=64, train_limit=256, synthetic_size=64, canvas_val_size=64, validation_size=128,
-    widths=(8, 8, 8, 8, 8), workers=1, augment=AugmentConfig(elastic=True),  # every part on
+    epochs=1,
+    batch_size=64,
+    train_limit=256,
+    synthetic_size=64,
+    canvas_val_size=64,
+    validation_size=128,
+    widths=(8, 8, 8, 8, 8),
+    workers=1,
+    augment=AugmentConfig(elastic=True),  # every part on
 )
 
 
@@ -77,4 +84,4 @@ def test_training_sample_is_augmented_training_batches():
     data = prepare_data(TINY, log=lambda _: None)
     sample = ablation.training_sample(TINY, data, size=100)
     assert sample.shape == (100, 28, 28, 1) and sample.dtype == np.float32
-    assert 0 <= sample.min() and sample.max() <= 255
+    assert sample.min() >= 0 and sample.max() <= 255

@@ -31,7 +31,9 @@ def converted_once(tflite, monkeypatch):
 
 def test_export_round_trip_gives_same_predictions(model, images, tmp_path):
     out = tmp_path / "model"
-    metrics = export.save(model, metrics={"mnist_test_accuracy": 0.5}, config=TrainConfig(seed=7), out_dir=out, parity_images=images)
+    metrics = export.save(
+        model, metrics={"mnist_test_accuracy": 0.5}, config=TrainConfig(seed=7), out_dir=out, parity_images=images
+    )
     assert sorted(p.name for p in out.iterdir()) == sorted(["model.keras", "model.tflite", "metrics.json"])
     np.testing.assert_allclose(
         np.asarray(export.load(out)(images[..., None].astype(np.float32), training=False)),
@@ -54,7 +56,13 @@ def test_failed_export_leaves_no_partial_directory(model, images, tmp_path, monk
 
     monkeypatch.setattr(export, "plot_confusion", explode)
     with pytest.raises(RuntimeError, match="disk full"):
-        export.save(model, metrics={"confusion": np.eye(10).tolist()}, config=TrainConfig(), out_dir=tmp_path / "model", parity_images=images)
+        export.save(
+            model,
+            metrics={"confusion": np.eye(10).tolist()},
+            config=TrainConfig(),
+            out_dir=tmp_path / "model",
+            parity_images=images,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -64,7 +72,13 @@ def test_failed_export_keeps_the_previous_model(model, images, tmp_path, monkeyp
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(export, "plot_confusion", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        export.save(model, metrics={"confusion": np.eye(10).tolist()}, config=TrainConfig(seed=2), out_dir=out, parity_images=images)
+        export.save(
+            model,
+            metrics={"confusion": np.eye(10).tolist()},
+            config=TrainConfig(seed=2),
+            out_dir=out,
+            parity_images=images,
+        )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 

@@ -83,9 +83,7 @@ def served_version(api_client, mnist_train) -> int:
 
 
 @pytest.mark.django_db
-def test_retrain_learns_from_reviewed_drawings_serves_the_result_and_rolls_back(
-    reviewed, api_client, mnist_train
-):
+def test_retrain_learns_from_reviewed_drawings_serves_the_result_and_rolls_back(reviewed, api_client, mnist_train):
     missing, corrupt = Drawing.objects.filter(id__in=reviewed[:2])
     Path(missing.image.path).unlink()
     # A row without a stored image size (rows from before sizes were stored) is read like any other.
@@ -111,13 +109,19 @@ def test_retrain_learns_from_reviewed_drawings_serves_the_result_and_rolls_back(
     assert sorted(data["drawing_ids"] + data["heldout_ids"]) == sorted(str(i) for i in reviewed[2:])
     assert {s["id"] for s in data["skipped"]} == {str(missing.id), str(corrupt.id)}
     assert data["sizes"] == {
-        "reviewed": DRAWINGS - 2, "skipped": 2, "train": len(data["drawing_ids"]), "heldout": len(data["heldout_ids"]),
-        "replay": 200, "mnist_test": 10000,
+        "reviewed": DRAWINGS - 2,
+        "skipped": 2,
+        "train": len(data["drawing_ids"]),
+        "heldout": len(data["heldout_ids"]),
+        "replay": 200,
+        "mnist_test": 10000,
     }
     for key in ("mnist_test_accuracy", "heldout_accuracy", "train_accuracy", "train_seconds", "tflite_bytes"):
         assert key in new.metrics
     assert new.metrics["before"]["version"] == 1 and new.metrics["gate"]["passed"] is True
-    assert len(new.metrics["gate"]["class_deltas"]) == 10 and new.metrics["gate"]["label_shift"]["reference"] == "uniform"
+    assert (
+        len(new.metrics["gate"]["class_deltas"]) == 10 and new.metrics["gate"]["label_shift"]["reference"] == "uniform"
+    )
     assert data["label_counts"] == np.bincount(mnist_train[1][2:DRAWINGS], minlength=10).tolist()
     assert Path(new.tflite.path).is_file() and Path(new.keras.path).is_file()
     # The next run measures its label shift only on reviews version 2 has not seen.
@@ -247,7 +251,9 @@ def fail(exception):
         ("predictor.services.model_version_activate", KeyboardInterrupt(), "Interrupted: .* unchanged"),
     ],
 )
-def test_a_run_failing_at_any_point_leaves_everything_as_it_was(reviewed, settings, monkeypatch, target, exception, reported):
+def test_a_run_failing_at_any_point_leaves_everything_as_it_was(
+    reviewed, settings, monkeypatch, target, exception, reported
+):
     monkeypatch.setattr(target, fail(exception))
     before = site_state(settings)
     with pytest.raises((RuntimeError, CommandError), match=reported):
@@ -322,7 +328,9 @@ def mnist(accuracy, per_class=None):
         (0.70, 0.95, 0.9850, False, "dropped too far"),
     ],
 )
-def test_gate_needs_no_worse_held_out_and_mnist_within_margin(heldout_before, heldout_after, mnist_after, passed, reason):
+def test_gate_needs_no_worse_held_out_and_mnist_within_margin(
+    heldout_before, heldout_after, mnist_after, passed, reason
+):
     decision = retraining.gate(
         heldout_before=Score(100, heldout_before),
         heldout_after=Score(100, heldout_after),
@@ -336,13 +344,19 @@ def test_gate_needs_no_worse_held_out_and_mnist_within_margin(heldout_before, he
 
 def test_gate_says_when_held_out_drawings_are_too_few_to_mean_much():
     few = retraining.gate(
-        heldout_before=Score(4, 0.5), heldout_after=Score(4, 0.75),
-        mnist_before=mnist(0.99), mnist_after=mnist(0.99), mnist_margin=0.002,
+        heldout_before=Score(4, 0.5),
+        heldout_after=Score(4, 0.75),
+        mnist_before=mnist(0.99),
+        mnist_after=mnist(0.99),
+        mnist_margin=0.002,
     )
     assert few.passed and any("only 4 held-out drawings" in r for r in few.reasons)
     none = retraining.gate(
-        heldout_before=Score(0, None), heldout_after=Score(0, None),
-        mnist_before=mnist(0.99), mnist_after=mnist(0.99), mnist_margin=0.002,
+        heldout_before=Score(0, None),
+        heldout_after=Score(0, None),
+        mnist_before=mnist(0.99),
+        mnist_after=mnist(0.99),
+        mnist_margin=0.002,
     )
     assert none.passed and any("no held-out reviewed drawings" in r for r in none.reasons)
 
@@ -354,8 +368,12 @@ def test_gate_refuses_a_model_that_forgets_one_digit_while_the_rest_looks_better
     after = [0.993] * 10
     after[4] = 0.975
     decision = retraining.gate(
-        heldout_before=Score(100, 0.70), heldout_after=Score(100, 0.95),
-        mnist_before=mnist(0.99, before), mnist_after=mnist(0.9915, after), mnist_margin=0.002, class_margin=0.01,
+        heldout_before=Score(100, 0.70),
+        heldout_after=Score(100, 0.95),
+        mnist_before=mnist(0.99, before),
+        mnist_after=mnist(0.9915, after),
+        mnist_margin=0.002,
+        class_margin=0.01,
     )
     assert not decision.passed
     assert decision.worst_class == 4
@@ -373,14 +391,21 @@ def test_gate_lets_each_digit_fall_by_up_to_the_class_margin():
     after = [0.99] * 10
     after[7] = 0.981
     decision = retraining.gate(
-        heldout_before=Score(100, 0.7), heldout_after=Score(100, 0.7),
-        mnist_before=mnist(0.99), mnist_after=mnist(0.9891, after), mnist_margin=0.002, class_margin=0.01,
+        heldout_before=Score(100, 0.7),
+        heldout_after=Score(100, 0.7),
+        mnist_before=mnist(0.99),
+        mnist_after=mnist(0.9891, after),
+        mnist_margin=0.002,
+        class_margin=0.01,
     )
     assert decision.passed and decision.worst_class == 7
     assert any("largest fall is digit 7, -0.90 points" in r for r in decision.reasons)
     steady = retraining.gate(
-        heldout_before=Score(100, 0.7), heldout_after=Score(100, 0.7),
-        mnist_before=mnist(0.99), mnist_after=mnist(0.99), mnist_margin=0.002,
+        heldout_before=Score(100, 0.7),
+        heldout_after=Score(100, 0.7),
+        mnist_before=mnist(0.99),
+        mnist_after=mnist(0.99),
+        mnist_margin=0.002,
     )
     assert steady.passed and steady.worst_class is None and any("no digit fell" in r for r in steady.reasons)
 
@@ -406,8 +431,12 @@ def test_label_shift_falls_back_to_a_uniform_spread_and_needs_new_reviews():
 def test_a_sharp_label_shift_is_a_warning_of_the_gate_not_a_verdict():
     shift = retraining.measure_label_shift([0] * 9 + [50], None, since="v1")
     decision = retraining.gate(
-        heldout_before=Score(100, 0.7), heldout_after=Score(100, 0.7),
-        mnist_before=mnist(0.99), mnist_after=mnist(0.99), mnist_margin=0.002, label_shift=shift,
+        heldout_before=Score(100, 0.7),
+        heldout_after=Score(100, 0.7),
+        mnist_before=mnist(0.99),
+        mnist_after=mnist(0.99),
+        mnist_margin=0.002,
+        label_shift=shift,
     )
     assert decision.passed and decision.warnings == (shift.warning,)
     assert decision.to_metrics()["label_shift"]["distance"] == pytest.approx(0.9)
@@ -420,7 +449,12 @@ def test_dataset_splits_usable_drawings_by_id_and_lists_the_skipped():
     inputs[3] = (drawings[3], None, "image cannot be read")
     dataset = retraining.build_dataset(inputs)
     assert dataset.skipped == [(drawings[3].id, "image cannot be read")]
-    assert dataset.sizes() == {"reviewed": 39, "skipped": 1, "train": len(dataset.train.ids), "heldout": len(dataset.heldout.ids)}
+    assert dataset.sizes() == {
+        "reviewed": 39,
+        "skipped": 1,
+        "train": len(dataset.train.ids),
+        "heldout": len(dataset.heldout.ids),
+    }
     assert all(retraining.is_held_out(i) for i in dataset.heldout.ids)
     assert not any(retraining.is_held_out(i) for i in dataset.train.ids)
     for part in (dataset.train, dataset.heldout):

@@ -24,8 +24,12 @@ class Command(BaseCommand):
         number = options["version"]
         version = ModelVersion.objects.filter(version=number).first()
         if version is None:
-            known = ", ".join(str(v) for v in ModelVersion.objects.order_by("version").values_list("version", flat=True))
-            raise CommandError(f"There is no model version {number}. Known versions: {known or 'none'} (see `manage.py models`).")
+            known = ", ".join(
+                str(v) for v in ModelVersion.objects.order_by("version").values_list("version", flat=True)
+            )
+            raise CommandError(
+                f"There is no model version {number}. Known versions: {known or 'none'} (see `manage.py models`)."
+            )
         if version.is_active:
             self.stdout.write(f"Version {number} is already active; nothing changed.")
             return

@@ -13,7 +13,14 @@ from predictor.preprocessing import IMAGE_SIZE
 
 FORMATS = ("npz", "csv", "png")
 MANIFEST_FIELDS = (
-    "index", "id", "label", "predicted_label", "confidence", "model_version", "created_at", "reviewed_at",
+    "index",
+    "id",
+    "label",
+    "predicted_label",
+    "confidence",
+    "model_version",
+    "created_at",
+    "reviewed_at",
 )
 
 

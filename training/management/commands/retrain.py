@@ -49,9 +49,14 @@ class Command(BaseCommand):
     run: RetrainRun | None = None
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--epochs", type=int, help=f"passes over the training mix (default {FinetuneConfig.epochs})")
         parser.add_argument(
-            "--replay", type=int, metavar="N", help=f"MNIST training digits mixed in (default {FinetuneConfig.replay_size})"
+            "--epochs", type=int, help=f"passes over the training mix (default {FinetuneConfig.epochs})"
+        )
+        parser.add_argument(
+            "--replay",
+            type=int,
+            metavar="N",
+            help=f"MNIST training digits mixed in (default {FinetuneConfig.replay_size})",
         )
         # Defaults are None and resolved in handle(), so a run records only the options it was given.
         parser.add_argument(
@@ -216,7 +221,7 @@ class Command(BaseCommand):
         if dataset.reviewed < self.min_examples:
             raise CommandError(
                 f"Only {dataset.reviewed} reviewed drawings can be used; retraining needs at least "
-                f"{self.min_examples}. Label more in the admin (Drawings, filter \"Needs review\"), "
+                f'{self.min_examples}. Label more in the admin (Drawings, filter "Needs review"), '
                 "or lower --min-examples."
             )
         self.stdout.write(
@@ -256,7 +261,11 @@ class Command(BaseCommand):
             self.step("exporting")
             try:
                 exported = export.save(
-                    model, metrics={}, config=self.config, out_dir=work / "new", parity_images=x_test[: export.PARITY_SIZE]
+                    model,
+                    metrics={},
+                    config=self.config,
+                    out_dir=work / "new",
+                    parity_images=x_test[: export.PARITY_SIZE],
                 )
             except export.ParityError as error:
                 raise CommandError(f"{error} Nothing was recorded; the served model is unchanged.") from error

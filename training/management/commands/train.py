@@ -17,7 +17,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--epochs", type=int, help=f"epochs to train (default {TrainConfig.epochs})")
-        parser.add_argument("--out", type=Path, default=BASE_DIR, help="artefact directory (default training/artifacts/base)")
+        parser.add_argument(
+            "--out", type=Path, default=BASE_DIR, help="artefact directory (default training/artifacts/base)"
+        )
         parser.add_argument("--seed", type=int, help=f"random seed (default {TrainConfig.seed})")
         parser.add_argument("--quick", action="store_true", help="smoke run: a small slice for one epoch, in seconds")
         parser.add_argument("--force", action="store_true", help="replace an existing model in --out")
