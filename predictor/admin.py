@@ -1,7 +1,8 @@
 """Staff review: the drawing queue (least confident first), relabelling, and the model registry with its dashboard."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from django import forms
 from django.conf import settings
@@ -14,6 +15,7 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.formats import date_format
+from django.utils.functional import Promise
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.timezone import localtime
@@ -143,7 +145,7 @@ class DrawingReviewForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         read_as = {"digit": self.instance.predicted_label}
-        names = {
+        names: dict[str, Any] = {
             "true_label": _("Reviewer label for the drawing read as %(digit)s") % read_as,
             "is_excluded": _("Not a digit: the drawing read as %(digit)s") % read_as,
         }
@@ -566,7 +568,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
             else:
                 failed = _("Failed: not activated when it was trained.")
             verdict = format_html('<strong class="gate-failed">✗ {}</strong>', failed)
-        reasons = gate.get("reasons") if isinstance(gate.get("reasons"), list) else []
+        reasons = gate.get("reasons")
+        if not isinstance(reasons, list):
+            reasons = []
         items = format_html_join("", "<li>{}</li>", ((reason,) for reason in reasons))
         return format_html('{}<ul class="gate-reasons">{}</ul>', verdict, items)
 
@@ -585,9 +589,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
             (_("Accuracy per epoch"), ("accuracy", "val_accuracy"), True),
         ):
             names = (_("training"), _("validation"))
-            series = {name: history[key] for key, name in zip(keys, names) if key in history}
+            series = {str(name): history[key] for key, name in zip(keys, names) if key in history}
             try:
-                chart = charts.line_chart(series, title=title, percent=percent, mark=mark, mark_label=mark_label)
+                chart = charts.line_chart(series, title=str(title), percent=percent, mark=mark, mark_label=mark_label)
             except ValueError:  # no values under these keys
                 continue
             figures.append(format_html("<figure><figcaption>{}</figcaption>{}</figure>", title, chart))
@@ -604,7 +608,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):
                 continue
             try:
-                chart = charts.confusion_matrix_chart(matrix, title=title)
+                chart = charts.confusion_matrix_chart(matrix, title=str(title))
             except ValueError:  # not square, or not counts
                 continue
             figures.append(format_html("<figure><figcaption>{}</figcaption>{}</figure>", title, chart))
@@ -702,7 +706,7 @@ def _accuracy_rows(version: ModelVersion) -> list[tuple[str, float | None, float
         mnist_test_size = sum(sum(row) for row in confusion if isinstance(row, list) and all(map(_is_number, row)))
     canvas = None if metrics.get("canvas_val_size") == 0 else metrics.get("canvas_val_accuracy")  # 0 drawings: unknown
     reviewed = getattr(version, "reviewed", 0)  # counted by get_queryset
-    live = version.correct / reviewed if reviewed else None
+    live = getattr(version, "correct", 0) / reviewed if reviewed else None
     heldout_size = metrics.get("heldout_size", sizes.get("heldout"))
     validation_size = _json_dict(metrics.get("config")).get("validation_size")
     rows = [
@@ -722,7 +726,7 @@ def _now_and_before(metrics: dict, key: str) -> tuple:
     return metrics.get(key), _json_dict(metrics.get("before")).get(key)
 
 
-def _facts_table(rows: list[tuple[str, object]]) -> str:
+def _facts_table(rows: Sequence[tuple[Any, object]]) -> str | Promise:
     """Return a two-column table of (label, value) rows, or says there is nothing recorded."""
     if not rows:
         return NOT_RECORDED

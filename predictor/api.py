@@ -5,7 +5,9 @@ Every error is {"code", "detail"}; the OpenAPI schema documents each endpoint's 
 
 import io
 import re
+from typing import cast
 
+from django.contrib.auth.models import User
 from django.core.exceptions import SuspiciousOperation
 from django.core.files.uploadedfile import UploadedFile
 from django.utils.functional import SimpleLazyObject
@@ -357,7 +359,8 @@ class PredictionFeedbackApi(APIView):
     invalid_input_code = "invalid_label"
 
     class InputSerializer(serializers.Serializer):
-        label = serializers.IntegerField(
+        # A field named label: DRF's Field has a label attribute too, which the type checker sees.
+        label = serializers.IntegerField(  # type: ignore[assignment]
             min_value=0, max_value=9, required=False, help_text="The digit the visitor drew."
         )
         correct = serializers.BooleanField(required=False, help_text="true: the prediction was right.")
@@ -451,6 +454,6 @@ class HealthApi(APIView):
         auth=[],
     )
     def get(self, request):
-        health = services.health_status(user=SimpleLazyObject(lambda: request.user))
+        health = services.health_status(user=cast(User, SimpleLazyObject(lambda: request.user)))
         ok = health["status"] == "ok"
         return Response(health, status=status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE)

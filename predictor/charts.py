@@ -264,7 +264,8 @@ def _nice_range(low: float, high: float) -> tuple[float, float, float]:
 
 def _segments(points: list[float | None]) -> list[list[tuple[int, float]]]:
     """Return the runs of consecutive known values as [(epoch, value), ...] lists (epochs from 1)."""
-    runs, run = [], []
+    runs: list[list[tuple[int, float]]] = []
+    run: list[tuple[int, float]] = []
     for epoch, value in enumerate(points, start=1):
         if value is None:
             if run:

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -36,7 +37,7 @@ class ModelUnavailable(Exception):
 
 # Per process: the loaded classifier by ModelVersion id, and the active id with when it was last checked.
 _classifiers: dict[int, tuple[ModelVersion, Classifier]] = {}
-_active = {"id": None, "checked_at": float("-inf")}
+_active: dict[str, Any] = {"id": None, "checked_at": float("-inf")}
 _lock = threading.Lock()
 
 
@@ -121,7 +122,7 @@ def _read_local_copy(path: Path, digest: str) -> bytes | None:
 
 def _read_from_storage(version: ModelVersion) -> bytes:
     """Return the version's .tflite read through model storage, checked against its recorded SHA-256."""
-    name = version.tflite.name
+    name = version.tflite.name or ""
     try:
         with version.tflite.storage.open(name, "rb") as artefact:
             content = artefact.read()

@@ -21,7 +21,7 @@ class ModelStorage(FileSystemStorage):
 
     @property
     def base_location(self):
-        return self._value_or_setting(self._location, settings.DIGIT_MODEL_ROOT)
+        return self._value_or_setting(self._location, settings.DIGIT_MODEL_ROOT)  # type: ignore[attr-defined]
 
     @property
     def location(self):
@@ -72,6 +72,9 @@ class ModelVersion(models.Model):
         _("active"), default=False, help_text=_("The version that answers predictions. Exactly one is active.")
     )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    # Not stored: why services.model_version_register did not activate a version it was asked to.
+    not_activated_reason = ""
 
     class Meta:
         verbose_name = _("model version")

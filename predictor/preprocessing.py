@@ -81,10 +81,11 @@ def _find_ink(pixels: np.ndarray) -> np.ndarray:
         planes = [(cv2.extractChannel(pixels, 3), backgrounds[3])]
     else:
         planes = list(zip(cv2.split(pixels)[:3], backgrounds[:3]))
-    distance = None
+    distance: np.ndarray | None = None
     for plane, background in planes:
         difference = cv2.absdiff(plane, float(background))
         distance = difference if distance is None else cv2.max(distance, difference)
+    assert distance is not None  # every image has at least one plane
     contrast = int(distance.max())
     if contrast <= NOISE_LEVEL:
         raise EmptyDrawing("Draw a digit first: the canvas is empty.")

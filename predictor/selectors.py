@@ -2,12 +2,12 @@
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 import numpy as np
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, F, Q, QuerySet
 
 from predictor.inference import NUM_CLASSES
@@ -113,7 +113,7 @@ class ModelVersionStats:
         return [(label, sum(row), list(enumerate(row))) for label, row in enumerate(self.confusion)]
 
 
-def model_versions_with_counts(*, versions: QuerySet[ModelVersion] | None = None) -> QuerySet[ModelVersion]:
+def model_versions_with_counts(*, versions: QuerySet[ModelVersion] | None = None) -> QuerySet[Any]:
     """Return model versions annotated with counts of their drawings, in one query.
 
     judged: all; reviewed and correct: in the fine-tuning dataset, and predicted right; low_confidence,
@@ -184,9 +184,7 @@ def drawing_inputs(drawings: Iterable[Drawing]) -> Iterator[tuple[Drawing, np.nd
             yield drawing, pixels.astype(np.uint8), ""
 
 
-def drawing_get(
-    *, drawing_id: UUID | str, visitor: str | None, user: AbstractBaseUser | AnonymousUser | None = None
-) -> Drawing:
+def drawing_get(*, drawing_id: UUID | str, visitor: str | None, user: User | AnonymousUser | None = None) -> Drawing:
     """Return the drawing to the visitor who made it, or to `user` if staff with predictor.view_drawing.
 
     Anyone else gets Drawing.DoesNotExist, as if it did not exist: who made which drawing is not told.

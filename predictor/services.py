@@ -11,10 +11,10 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal, overload
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
@@ -31,6 +31,10 @@ VISITOR_SESSION_KEY = "visitor"
 logger = logging.getLogger(__name__)
 
 
+@overload
+def visitor_for_session(session, *, create: Literal[True]) -> str: ...
+@overload
+def visitor_for_session(session, *, create: bool) -> str | None: ...
 def visitor_for_session(session, *, create: bool) -> str | None:
     """Return the opaque visitor id kept in `session`, making one if asked to."""
     visitor = session.get(VISITOR_SESSION_KEY)
@@ -125,7 +129,7 @@ def model_version_register(
     parent: ModelVersion | None = None,
     training_data: dict | None = None,
     activate: bool,
-    activated_by: AbstractBaseUser | None = None,
+    activated_by: User | None = None,
     source: str = "register",
 ) -> ModelVersion:
     """Return a new ModelVersion whose artefacts are copied into model storage with their SHA-256, activated if asked.
@@ -210,7 +214,7 @@ def _active_version_locked() -> ModelVersion | None:
 def model_version_activate(
     *,
     version: ModelVersion,
-    activated_by: AbstractBaseUser | None = None,
+    activated_by: User | None = None,
     source: str,
     confirm_failed_gate: bool = False,
 ) -> ModelVersion:
@@ -251,7 +255,7 @@ def model_version_activate(
     return version
 
 
-def health_status(*, user: AbstractBaseUser | AnonymousUser) -> dict:
+def health_status(*, user: User | AnonymousUser) -> dict:
     """Return {"status", "database", "model_version"} and, when unhealthy, a "detail" sentence.
 
     The detail says which part is down; why (a driver's error, a broken model file) goes to the log,
@@ -274,7 +278,7 @@ def health_status(*, user: AbstractBaseUser | AnonymousUser) -> dict:
     return {**status, "model_version": version.version}
 
 
-def _drawings_save_review(drawings: list[Drawing], *, reviewer: AbstractBaseUser) -> list[Drawing]:
+def _drawings_save_review(drawings: list[Drawing], *, reviewer: User) -> list[Drawing]:
     """Return the drawings with their review fields stored, stamped with `reviewer` and the time."""
     reviewed_at = timezone.now()
     for drawing in drawings:
@@ -286,9 +290,7 @@ def _drawings_save_review(drawings: list[Drawing], *, reviewer: AbstractBaseUser
 
 
 @transaction.atomic
-def drawing_relabel(
-    *, drawings: Iterable[Drawing], true_label: int | None, reviewer: AbstractBaseUser
-) -> list[Drawing]:
+def drawing_relabel(*, drawings: Iterable[Drawing], true_label: int | None, reviewer: User) -> list[Drawing]:
     """Return the drawings labelled `true_label` by `reviewer` (None sends them back to the review queue)."""
     # Evaluated once: a caller's filter (say, "needs review") no longer matches after the update.
     drawings = list(drawings)
@@ -299,7 +301,7 @@ def drawing_relabel(
 
 
 @transaction.atomic
-def drawing_confirm(*, drawings: Iterable[Drawing], reviewer: AbstractBaseUser) -> list[Drawing]:
+def drawing_confirm(*, drawings: Iterable[Drawing], reviewer: User) -> list[Drawing]:
     """Return the drawings, each labelled with its own prediction: `reviewer` says the model was right."""
     drawings = list(drawings)
     for drawing in drawings:
@@ -309,7 +311,7 @@ def drawing_confirm(*, drawings: Iterable[Drawing], reviewer: AbstractBaseUser) 
 
 
 @transaction.atomic
-def drawing_exclude(*, drawings: Iterable[Drawing], reviewer: AbstractBaseUser) -> list[Drawing]:
+def drawing_exclude(*, drawings: Iterable[Drawing], reviewer: User) -> list[Drawing]:
     """Return the drawings marked "not a digit" by `reviewer`: no label, never used for training."""
     drawings = list(drawings)
     for drawing in drawings:

@@ -9,7 +9,7 @@ host with the training packages installed. How a run is taken, watched and ended
 from functools import partial
 from typing import Any
 
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django_tasks import task
 
@@ -26,7 +26,7 @@ class RetrainAlreadyQueued(Exception):
 
 
 @transaction.atomic
-def retrain_run_request(*, requested_by: AbstractBaseUser | None, source: str, options: dict[str, Any]) -> RetrainRun:
+def retrain_run_request(*, requested_by: User | None, source: str, options: dict[str, Any]) -> RetrainRun:
     """Return a new queued RetrainRun, whose task is enqueued when the transaction commits.
 
     Refused (RetrainAlreadyQueued) while another run waits: it will train on every review made

@@ -49,6 +49,10 @@ def client_address(request: HttpRequest) -> str:
 class ClientRateThrottle(throttling.ScopedRateThrottle):
     """DRF's scoped throttle, counting per client_address(), and every refusal says when to come back."""
 
+    # Set by DRF from the scope's rate; declared here for the type checker.
+    num_requests: int
+    duration: int
+
     def get_ident(self, request) -> str:
         """Return the key a client's requests are counted under: its client_address()."""
         return client_address(request)

@@ -50,7 +50,9 @@ class Command(BaseCommand):
         out, output_format = options["out"], options["format"]
         manifest_path = prepare_output(out, output_format)
         drawings = selectors.finetuning_dataset().select_related("model_version").iterator(chunk_size=500)
-        rows, images, skipped = [], [], []
+        rows: list[dict] = []
+        images: list = []
+        skipped: list = []
         for drawing, pixels, reason in selectors.drawing_inputs(drawings):
             if pixels is None:
                 skipped.append((drawing.id, reason))

@@ -83,7 +83,7 @@ class Command(BaseCommand):
         candidates = expired_drawings(cutoff=cutoff).annotate(
             in_queue=ExpressionWrapper(review_queue_q(), output_field=BooleanField())
         )
-        self.counts = Counter()
+        self.counts: Counter[str] = Counter()
         after = None
         while True:
             with transaction.atomic():
