@@ -48,7 +48,7 @@ def drawing_create(*, data: bytes, visitor: str) -> Drawing:
     """Return a new stored Drawing with the active model's prediction for the image bytes `data`.
 
     What is stored is not `data` but a PNG made from its pixels (`encode_stored_png`): no metadata, at
-    most 560 px and 256 KB. The model reads the submitted pixels; the row keeps the submitted size.
+    most 256 KB, a drawing pixel for pixel. The row keeps the size as submitted.
     """
     started = time.perf_counter()
     steps = preprocess_steps(data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS, max_side=settings.DIGIT_MAX_IMAGE_SIDE)

@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from PIL import Image
 
 from predictor import services
-from predictor.imagefile import STORED_MAX_SIDE, decode_image, encode_stored_png, image_header
+from predictor.imagefile import decode_image, encode_stored_png, image_header
 from predictor.models import Drawing
 from predictor.tests.drawings import WHITE, draw, encode
 
@@ -83,7 +83,7 @@ def test_files_stored_as_submitted_become_canonical_pngs_and_the_old_files_go(st
         # What the model saw and the submitted size stay as they were.
         assert bytes(converted.input_pixels) == bytes(drawing.input_pixels)
         assert (converted.image_width, converted.image_height) == (drawing.image_width, drawing.image_height)
-    assert image_header(read(Drawing.objects.get(id=old["webp"][0].id).image.name))[1] == STORED_MAX_SIDE
+    assert image_header(read(Drawing.objects.get(id=old["webp"][0].id).image.name))[1:] == (1200, 1200)
 
 
 @pytest.mark.django_db
@@ -176,7 +176,7 @@ def test_it_works_through_the_storage_api_alone(settings, stored_as_submitted, r
     assert "Re-encoded 1 drawing image(s)" in out
     converted = Drawing.objects.get(id=drawing.id)
     assert not storage.exists(drawing.image.name)
-    assert image_header(read(converted.image.name)) == ("png", STORED_MAX_SIDE, 420)
+    assert image_header(read(converted.image.name)) == ("png", 800, 600)
 
 
 @pytest.mark.django_db
@@ -189,3 +189,10 @@ def test_a_file_two_rows_name_is_deleted_only_when_neither_does(make_drawing, re
     assert first_name.endswith(".png") and second_name.endswith(".png") and first_name != second_name
     assert read(first_name) == read(second_name)
     assert not default_storage.exists(name)
+
+
+@pytest.mark.django_db
+def test_a_file_larger_than_what_is_accepted_now_is_scaled_to_the_largest_side(stored_as_submitted, reencode):
+    legacy = stored_as_submitted(encode(draw("7", (4000, 1000), background=WHITE), compress_level=1), "png")
+    reencode()
+    assert image_header(read(Drawing.objects.get(id=legacy.id).image.name)) == ("png", 2048, 512)

@@ -22,7 +22,7 @@ LEGACY_MAX_PIXELS = 4096 * 4096
 class Command(BaseCommand):
     help = (
         "Re-encode stored drawing images as drawings are stored now: a PNG made from the pixels, without "
-        "metadata, at most 560 px and 256 KB. For each drawing the new file is written first, then the row "
+        "metadata, at most 2048 px and 256 KB. For each drawing the new file is written first, then the row "
         "is pointed at it, and the old file is deleted once that has committed, so a crash leaves at worst "
         "a file without a row (purge_orphan_files removes it). Files already in that form are left alone; "
         "running the command again converts nothing more. The model input each row keeps is not touched."
