@@ -74,17 +74,22 @@ def _find_ink(pixels: np.ndarray) -> np.ndarray:
     """
     backgrounds = _border_medians(pixels)
     if pixels.ndim == 2:
-        planes = [(pixels, backgrounds[0])]
+        channels = [None]
     elif pixels.shape[2] == 4 and backgrounds[3] < 128:
         # A transparent border means a transparent canvas: coverage is the ink, colour is irrelevant
         # (a canvas cleared to transparent stores black, white or anything as "no colour").
-        planes = [(cv2.extractChannel(pixels, 3), backgrounds[3])]
+        channels = [3]
     else:
-        planes = list(zip(cv2.split(pixels)[:3], backgrounds[:3]))
+        channels = [0, 1, 2]
     distance = None
-    for plane, background in planes:
-        difference = cv2.absdiff(plane, float(background))
-        distance = difference if distance is None else cv2.max(distance, difference)
+    for channel in channels:
+        # One plane at a time, into the same arrays: a large image costs two planes, not four.
+        plane = pixels if channel is None else cv2.extractChannel(pixels, channel)
+        background = float(backgrounds[channel or 0])
+        if distance is None:
+            distance = cv2.absdiff(plane, background)
+        else:
+            cv2.max(distance, cv2.absdiff(plane, background, dst=plane), dst=distance)
     contrast = int(distance.max())
     if contrast <= NOISE_LEVEL:
         raise EmptyDrawing("Draw a digit first: the canvas is empty.")
