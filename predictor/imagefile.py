@@ -296,7 +296,7 @@ def _png_image_chunks(data: bytes) -> tuple[bytes, bool] | None:
     decoder would read them anyway: libspng inflates a zTXt bomb until its limit, 80 ms, libpng 18 ms.
     None when a kept chunk is cut short or has a wrong CRC, or IEND is missing.
     """
-    kept = [PNG_SIGNATURE]
+    kept: list[bytes | memoryview] = [PNG_SIGNATURE]
     transparency = dropped = False
     position = len(PNG_SIGNATURE)
     view = memoryview(data)

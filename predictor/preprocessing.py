@@ -74,22 +74,18 @@ def _find_ink(pixels: np.ndarray) -> np.ndarray:
     """
     backgrounds = _border_medians(pixels)
     if pixels.ndim == 2:
-        channels = [None]
+        distance = cv2.absdiff(pixels, float(backgrounds[0]))
     elif pixels.shape[2] == 4 and backgrounds[3] < 128:
         # A transparent border means a transparent canvas: coverage is the ink, colour is irrelevant
         # (a canvas cleared to transparent stores black, white or anything as "no colour").
-        channels = [3]
+        distance = cv2.absdiff(cv2.extractChannel(pixels, 3), float(backgrounds[3]))
     else:
-        channels = [0, 1, 2]
-    distance = None
-    for channel in channels:
-        # One plane at a time, into the same arrays: a large image costs two planes, not four.
-        plane = pixels if channel is None else cv2.extractChannel(pixels, channel)
-        background = float(backgrounds[channel or 0])
-        if distance is None:
-            distance = cv2.absdiff(plane, background)
-        else:
-            cv2.max(distance, cv2.absdiff(plane, background, dst=plane), dst=distance)
+        # The largest difference of the three colours, one plane at a time into the same arrays: a large
+        # image costs two planes of memory, not four.
+        distance = cv2.absdiff(cv2.extractChannel(pixels, 0), float(backgrounds[0]))
+        for channel in (1, 2):
+            plane = cv2.extractChannel(pixels, channel)
+            cv2.max(distance, cv2.absdiff(plane, float(backgrounds[channel]), dst=plane), dst=distance)
     contrast = int(distance.max())
     if contrast <= NOISE_LEVEL:
         raise EmptyDrawing("Draw a digit first: the canvas is empty.")
