@@ -293,9 +293,10 @@ def _png_image_chunks(data: bytes) -> tuple[bytes, bool] | None:
     decoder would read them anyway: libspng inflates a zTXt bomb until its limit, 80 ms, libpng 18 ms.
     None when a kept chunk is cut short or has a wrong CRC, or IEND is missing.
     """
-    kept = [PNG_SIGNATURE]
-    transparency = False
+    kept: list[bytes | memoryview] = [PNG_SIGNATURE]
+    transparency = dropped = False
     position = len(PNG_SIGNATURE)
+    view = memoryview(data)
     while position + 12 <= len(data):
         (length,) = struct.unpack(">I", data[position : position + 4])
         end = position + 8 + length
@@ -305,12 +306,16 @@ def _png_image_chunks(data: bytes) -> tuple[bytes, bool] | None:
         if kind == b"tRNS" or not kind[0] & 0x20:  # bit 5 of the first letter clear: a critical chunk
             (crc,) = struct.unpack(">I", data[end : end + 4])
             # libspng does not check the CRC of image data; libpng does, and refuses the file.
-            if zlib.crc32(data[position + 4 : end]) != crc:
+            if zlib.crc32(view[position + 4 : end]) != crc:
                 return None
-            kept.append(data[position : end + 4])
+            kept.append(view[position : end + 4])
             transparency |= kind == b"tRNS"
+        else:
+            dropped = True
         if kind == b"IEND":
-            return b"".join(kept), transparency
+            # A canvas export has nothing to drop: it is passed on as it is, not copied (up to 5 MB).
+            whole = not dropped and end + 4 == len(data)
+            return (data if whole else b"".join(kept)), transparency
         position = end + 4
     return None
 
@@ -327,8 +332,9 @@ def _decode_with_opencv(data: bytes, kind: str) -> np.ndarray:
     if pixels is None or pixels.size == 0:
         raise InvalidImage(f"The {kind.upper()} image is damaged or truncated and cannot be decoded.")
     if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
-        # OpenCV orders colours blue first; everything after decoding expects red first.
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if pixels.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+        # OpenCV orders colours blue first; everything after decoding expects red first. In place: a
+        # copy would double the memory the largest image takes.
+        cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if pixels.shape[2] == 3 else cv2.COLOR_BGRA2RGBA, dst=pixels)
     return pixels
 
 

@@ -74,18 +74,18 @@ def _find_ink(pixels: np.ndarray) -> np.ndarray:
     """
     backgrounds = _border_medians(pixels)
     if pixels.ndim == 2:
-        planes = [(pixels, backgrounds[0])]
+        distance = cv2.absdiff(pixels, float(backgrounds[0]))
     elif pixels.shape[2] == 4 and backgrounds[3] < 128:
         # A transparent border means a transparent canvas: coverage is the ink, colour is irrelevant
         # (a canvas cleared to transparent stores black, white or anything as "no colour").
-        planes = [(cv2.extractChannel(pixels, 3), backgrounds[3])]
+        distance = cv2.absdiff(cv2.extractChannel(pixels, 3), float(backgrounds[3]))
     else:
-        planes = list(zip(cv2.split(pixels)[:3], backgrounds[:3]))
-    distance: np.ndarray | None = None
-    for plane, background in planes:
-        difference = cv2.absdiff(plane, float(background))
-        distance = difference if distance is None else cv2.max(distance, difference)
-    assert distance is not None  # every image has at least one plane
+        # The largest difference of the three colours, one plane at a time into the same arrays: a large
+        # image costs two planes of memory, not four.
+        distance = cv2.absdiff(cv2.extractChannel(pixels, 0), float(backgrounds[0]))
+        for channel in (1, 2):
+            plane = cv2.extractChannel(pixels, channel)
+            cv2.max(distance, cv2.absdiff(plane, float(backgrounds[channel]), dst=plane), dst=distance)
     contrast = int(distance.max())
     if contrast <= NOISE_LEVEL:
         raise EmptyDrawing("Draw a digit first: the canvas is empty.")
