@@ -74,6 +74,7 @@ bench: install-dev
 	$(BIN)/python bench/bench_http.py --database sqlite
 	$(BIN)/python bench/bench_http.py --database postgres
 	$(BIN)/python bench/bench_memory.py
+	$(BIN)/python bench/bench_hostile.py
 
 # Lint and type checks (pyproject.toml): ruff for style and formatting, mypy with django-stubs.
 lint: install-dev

@@ -175,7 +175,9 @@ def drawing_inputs(drawings: Iterable[Drawing]) -> Iterator[tuple[Drawing, np.nd
         try:
             with drawing.image.open("rb") as image:
                 data = image.read()
-            pixels = preprocess(data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS)
+            pixels = preprocess(
+                data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS, max_side=settings.DIGIT_MAX_IMAGE_SIDE
+            )
         except OSError as error:
             yield drawing, None, f"image {drawing.image.name!r} cannot be read ({error.strerror or error})"
         except ValueError as error:  # PreprocessingError, or a row without an image name
