@@ -123,17 +123,8 @@ def line_chart(
             mark_label,
         )
     summary = "; ".join(_describe(name, points, show) for name, points in lines.items())
-    return format_html(
-        '<svg class="chart" role="img" aria-label="{}" viewBox="0 0 {} {}" width="{}" height="{}" '
-        'font-size="11" fill="currentColor">'
-        "<title>{}</title>{}{}{}{}{}"
-        '<text x="{}" y="{}" text-anchor="middle">{}</text></svg>',
-        f"{title}. {summary}.",
-        width,
-        height,
-        width,
-        height,
-        title,
+    body = format_html(
+        '{}{}{}{}{}<text x="{}" y="{}" text-anchor="middle">{}</text>',
         grid,
         epoch_ticks,
         marker,
@@ -143,6 +134,7 @@ def line_chart(
         height - 4,
         _("epoch"),
     )
+    return _svg(title=title, summary=summary, width=width, height=height, body=body)
 
 
 def confusion_matrix_chart(
@@ -213,23 +205,31 @@ def confusion_matrix_chart(
             for n, t, p in mistakes[:3]
         )
         summary += "; " + _("most frequent mistakes: %(mistakes)s") % {"mistakes": frequent}
-    return format_html(
-        '<svg class="chart" role="img" aria-label="{}" viewBox="0 0 {} {}" width="{}" height="{}" '
-        'font-size="11" fill="currentColor"><title>{}</title>'
+    body = format_html(
         '<text x="{}" y="12" text-anchor="middle">{}</text>'
-        '<text transform="translate(12 {}) rotate(-90)" text-anchor="middle">{}</text>{}{}</svg>',
-        f"{title}. {summary}.",
-        width,
-        height,
-        width,
-        height,
-        title,
+        '<text transform="translate(12 {}) rotate(-90)" text-anchor="middle">{}</text>{}{}',
         left + size * cell // 2,
         columns,
         top + size * cell // 2,
         rows,
         axis,
         mark_safe("".join(cells)),
+    )
+    return _svg(title=title, summary=summary, width=width, height=height, body=body)
+
+
+def _svg(*, title: str, summary: str, width: int, height: int, body: str) -> SafeString:
+    """Return an SVG picture of `body`, named by its title and described in words for screen readers."""
+    return format_html(
+        '<svg class="chart" role="img" aria-label="{}" viewBox="0 0 {} {}" width="{}" height="{}" '
+        'font-size="11" fill="currentColor"><title>{}</title>{}</svg>',
+        f"{title}. {summary}.",
+        width,
+        height,
+        width,
+        height,
+        title,
+        body,
     )
 
 
