@@ -71,7 +71,8 @@ ERRORS = {
     "empty_drawing": (400, "Draw a digit first: the canvas is empty."),
     "image_too_large": (
         400,
-        "The image is 60000x60000 pixels; the limit is 16,777,216 pixels (for example 4096x4096).",
+        "The image is 3000x2000 pixels; no side may be longer than 2048 pixels: scale it down "
+        "(the drawing page sends 280x280).",
     ),
     "invalid_label": (400, 'Send either {"label": 0-9} or {"correct": true}.'),
     "malformed_request": (400, "JSON parse error - Expecting value: line 1 column 11 (char 10)"),

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, F, Q, QuerySet
 
+from predictor.imagefile import STORED_MAX_SIDE
 from predictor.inference import NUM_CLASSES
 from predictor.models import Drawing, ModelVersion
 from predictor.preprocessing import preprocess
@@ -175,9 +176,9 @@ def drawing_inputs(drawings: Iterable[Drawing]) -> Iterator[tuple[Drawing, np.nd
         try:
             with drawing.image.open("rb") as image:
                 data = image.read()
-            pixels = preprocess(
-                data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS, max_side=settings.DIGIT_MAX_IMAGE_SIDE
-            )
+            # A stored file was checked when it was accepted (or re-encoded from an older, larger one):
+            # the stored copy's own bound applies, not today's limits on what a stranger may send.
+            pixels = preprocess(data, max_pixels=STORED_MAX_SIDE**2, max_side=STORED_MAX_SIDE)
         except OSError as error:
             yield drawing, None, f"image {drawing.image.name!r} cannot be read ({error.strerror or error})"
         except ValueError as error:  # PreprocessingError, or a row without an image name

@@ -203,10 +203,11 @@ def test_if_new_counts_every_review_before_any_run_and_waits_for_a_pending_one(m
 @pytest.mark.django_db
 def test_queue_option_queues_the_run_for_the_worker(model_version, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        output = retrain("--queue", "--epochs", "3", "--no-activate")
+        output = retrain("--queue", "--epochs", "3", "--seed", "0", "--no-activate")
     run = RetrainRun.objects.get()
     assert output.strip() == f"Queued retrain #{run.pk}: the task worker (manage.py db_worker) executes it."
-    assert run.status == Status.QUEUED and run.source == "command" and run.options == {"epochs": 3, "no_activate": True}
+    assert run.status == Status.QUEUED and run.source == "command"
+    assert run.options == {"epochs": 3, "seed": 0, "no_activate": True}  # a 0 given is kept
     assert DBTaskResult.objects.get().args_kwargs["args"] == [run.pk]
     with pytest.raises(CommandError, match=f"Retrain #{run.pk} is already queued"):
         retrain("--queue")

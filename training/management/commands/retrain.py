@@ -110,7 +110,12 @@ class Command(BaseCommand):
         source = "command" if options["if_new"] is None else "schedule"
         if options["if_new"] is not None and not self.enough_new_reviews(options["if_new"]):
             return
-        given = {name: options[name] for name in sorted(RUN_OPTIONS) if options[name] not in (None, False)}
+        # Options left at their defaults are not recorded (a 0 is a value given, unlike None or False).
+        given = {
+            name: options[name]
+            for name in sorted(RUN_OPTIONS)
+            if options[name] is not None and options[name] is not False
+        }
         if options["queue"]:
             try:
                 run = retrain_run_request(requested_by=None, source=source, options=given)
