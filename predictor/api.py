@@ -21,7 +21,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from predictor import selectors, services
 from predictor.imagefile import PreprocessingError, decode_payload
-from predictor.model_cache import ModelUnavailable
+from predictor.model_cache import NO_ACTIVE_VERSION, ModelUnavailable
 from predictor.models import Drawing
 from predictor.throttling import ClientRateThrottle
 
@@ -85,11 +85,7 @@ ERRORS = {
     ),
     "unsupported_media_type": (415, 'Unsupported media type "text/plain" in request.'),
     "throttled": (429, "Request was throttled. Expected available in 12 seconds."),
-    "model_unavailable": (
-        503,
-        "No model version is active. Register the shipped model with `python manage.py register_base_model` "
-        "or activate one with `python manage.py activate_model N`.",
-    ),
+    "model_unavailable": (503, NO_ACTIVE_VERSION),
 }
 ERROR_STATUSES = {
     400: "The request is refused: `code` says what is wrong with it.",

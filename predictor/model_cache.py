@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 LOCAL_COPY_SUFFIX = ".tflite"
 
+NO_ACTIVE_VERSION = (
+    "No model version is active. Register the shipped model with "
+    "`python manage.py register_base_model` or activate one with `python manage.py activate_model N`."
+)
+
 
 class ModelUnavailable(Exception):
     """No model can answer right now; str() says why and what to do."""
@@ -55,10 +60,7 @@ def active_classifier() -> tuple[ModelVersion, Classifier]:
     """Return the active ModelVersion and its Classifier, loading it once per process and version."""
     version_id = _active_version_id()
     if version_id is None:
-        raise ModelUnavailable(
-            "No model version is active. Register the shipped model with "
-            "`python manage.py register_base_model` or activate one with `python manage.py activate_model N`."
-        )
+        raise ModelUnavailable(NO_ACTIVE_VERSION)
     loaded = _classifiers.get(version_id)
     if loaded is not None:
         return loaded

@@ -374,13 +374,8 @@ class Command(BaseCommand):
                 )
             )
         elif superseded:
-            self.stdout.write(
-                self.style.WARNING(
-                    f"Not activated: version {parent.version}, which the gate compared with, is no longer the active "
-                    f"version (another was activated while this run trained). To serve the new one anyway: "
-                    f"manage.py activate_model {version.version}"
-                )
-            )
+            # The registration says why, in the same words it adds to the version's notes.
+            self.stdout.write(self.style.WARNING(version.not_activated_reason))
         elif self.no_activate:
             self.stdout.write(
                 f"Not activated (--no-activate); version {parent.version} still serves. "
