@@ -465,11 +465,13 @@ class ModelVersionAdmin(admin.ModelAdmin):
         """Return the model dashboard: per version, what it judged and how it did on reviewed drawings."""
         if not self.has_view_permission(request):
             raise PermissionDenied
+        stats = selectors.model_version_stats()
         context = {
             **self.admin_site.each_context(request),
             "title": _("Model dashboard"),
             "opts": self.opts,
-            "stats": selectors.model_version_stats(),
+            "stats": stats,
+            "learning_chart": _learning_chart(stats),
             "counts": selectors.review_counts(),
             "low_confidence": settings.DIGIT_LOW_CONFIDENCE,
             "digits": range(10),
@@ -478,13 +480,13 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("MNIST test accuracy"))
     def mnist_test_accuracy(self, version):
-        return _percent(version.metrics.get("mnist_test_accuracy"))
+        return _percent(_metrics(version).get("mnist_test_accuracy"))
 
     @admin.display(description=_("canvas validation accuracy"))
     def canvas_val_accuracy(self, version):
-        if version.metrics.get("canvas_val_size") == 0:  # measured on no drawings at all: unknown, not 0%
+        if _metrics(version).get("canvas_val_size") == 0:  # measured on no drawings at all: unknown, not 0%
             return None
-        return _percent(version.metrics.get("canvas_val_accuracy"))
+        return _percent(_metrics(version).get("canvas_val_accuracy"))
 
     @admin.display(description=_("accuracy on reviewed drawings"))
     def reviewed_accuracy(self, version):
@@ -522,7 +524,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             return NOT_RECORDED
         # A retrained version also records its parent's accuracies on the same sets: compare them.
         compared = any(earlier is not None for _label, _after, earlier, _size in rows)
-        parent = _json_dict(version.metrics.get("before")).get("version", "?")
+        parent = selectors.json_object(_metrics(version).get("before")).get("version", "?")
         head = format_html_join(
             "",
             '<th scope="col">{}</th>',
@@ -556,7 +558,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("gate"))
     def gate_verdict(self, version):
-        gate = version.metrics.get("gate")
+        gate = _metrics(version).get("gate")
         if not isinstance(gate, dict):
             return _("None: the gate judges a retrained version against its parent.")
         if gate.get("passed"):
@@ -576,11 +578,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("training curves"))
     def training_curves(self, version):
-        history = version.metrics.get("history")
+        history = _metrics(version).get("history")
         if not isinstance(history, dict):
             return NOT_RECORDED
         # Training keeps the weights of its best epoch, not of its last: mark which.
-        mark = version.metrics.get("best_epoch")
+        mark = _metrics(version).get("best_epoch")
         mark = mark if isinstance(mark, int) and not isinstance(mark, bool) else None
         mark_label = _("kept: epoch %(epoch)s") % {"epoch": mark}
         figures = []
@@ -604,7 +606,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             ("confusion", _("MNIST test digits")),
             ("confusion_canvas", _("Canvas-style validation drawings")),
         ):
-            matrix = version.metrics.get(key)
+            matrix = _metrics(version).get(key)
             if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):
                 continue
             try:
@@ -616,16 +618,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("data"))
     def dataset_sizes(self, version):
-        sizes = version.training_data.get("sizes")
+        sizes = selectors.json_object(version.training_data).get("sizes")
         rows = [(SIZE_LABELS.get(key, key), value) for key, value in sizes.items()] if isinstance(sizes, dict) else []
-        config = _json_dict(version.metrics.get("config"))
+        config = selectors.json_object(_metrics(version).get("config"))
         rows += [
             (label, source.get(key))
             for source, key, label in (
-                (version.metrics, "train_images", _("images trained on (MNIST and canvas-style)")),
+                (_metrics(version), "train_images", _("images trained on (MNIST and canvas-style)")),
                 (config, "synthetic_size", _("canvas-style drawings made from MNIST for training")),
                 (config, "validation_size", _("MNIST validation digits")),
-                (version.metrics, "canvas_val_size", _("canvas-style validation drawings")),
+                (_metrics(version), "canvas_val_size", _("canvas-style validation drawings")),
             )
             if source.get(key) is not None
         ]
@@ -633,7 +635,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("model and run"))
     def model_facts(self, version):
-        metrics = version.metrics
+        metrics = _metrics(version)
         rows = [
             (_("parameters"), _number(metrics.get("params"))),
             (_(".tflite file"), _file_size(metrics.get("tflite_bytes"))),
@@ -671,6 +673,37 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return False
 
 
+def _learning_chart(stats: list[selectors.ModelVersionStats]) -> str | None:
+    """Return the dashboard's chart of held-out and live accuracy by version, or None if there is nothing to compare.
+
+    `stats` come newest first, as the dashboard lists them; the chart reads left to right, oldest first.
+    """
+    if len(stats) < 2:
+        return None
+    columns = []
+    for row in reversed(stats):
+        heldout = row.heldout
+        columns.append(
+            charts.VersionAccuracy(
+                name=f"v{row.version.version}",
+                parent=f"v{heldout.parent}" if heldout and heldout.parent is not None else "",
+                before=heldout.before if heldout else None,
+                after=heldout.accuracy if heldout else None,
+                live=row.accuracy,
+                live_count=row.reviewed,
+            )
+        )
+    try:
+        return charts.version_accuracy_chart(columns, title=gettext("Accuracy by model version"))
+    except ValueError:  # no version has a held-out or live accuracy yet
+        return None
+
+
+def _metrics(version: ModelVersion) -> dict:
+    """Return the version's recorded metrics, or an empty dict if what is stored is not a JSON object."""
+    return selectors.json_object(version.metrics)
+
+
 def _percent(value: float | None, decimals: int = 1) -> str | None:
     """Return a share as a percentage, or None (shown as the admin's empty value) if unknown."""
     return f"{value:.{decimals}%}" if _is_number(value) else None
@@ -688,18 +721,13 @@ def _change(before, after) -> str:
     return _("%(change)s points") % {"change": f"{(after - before) * 100:+.2f}"}
 
 
-def _json_dict(value) -> dict:
-    """Return `value` if it is a dict (an object in stored JSON), else an empty one."""
-    return value if isinstance(value, dict) else {}
-
-
 def _accuracy_rows(version: ModelVersion) -> list[tuple[str, float | None, float | None, int | None]]:
     """Return (measured on, accuracy, accuracy before retraining, set size) for each accuracy the version records.
 
     The keys are those `train` and `retrain` write; a version read on none of them has no rows.
     """
-    metrics = version.metrics
-    sizes = _json_dict(version.training_data.get("sizes"))
+    metrics = _metrics(version)
+    sizes = selectors.json_object(selectors.json_object(version.training_data).get("sizes"))
     mnist_test_size = sizes.get("mnist_test")
     confusion = metrics.get("confusion")
     if mnist_test_size is None and isinstance(confusion, list):  # the shipped model counts its test set this way
@@ -708,7 +736,7 @@ def _accuracy_rows(version: ModelVersion) -> list[tuple[str, float | None, float
     reviewed = getattr(version, "reviewed", 0)  # counted by get_queryset
     live = getattr(version, "correct", 0) / reviewed if reviewed else None
     heldout_size = metrics.get("heldout_size", sizes.get("heldout"))
-    validation_size = _json_dict(metrics.get("config")).get("validation_size")
+    validation_size = selectors.json_object(metrics.get("config")).get("validation_size")
     rows = [
         (_("MNIST test digits"), *_now_and_before(metrics, "mnist_test_accuracy"), mnist_test_size),
         (_("canvas-style validation drawings"), canvas, None, metrics.get("canvas_val_size")),
@@ -723,7 +751,7 @@ def _accuracy_rows(version: ModelVersion) -> list[tuple[str, float | None, float
 
 def _now_and_before(metrics: dict, key: str) -> tuple:
     """Return the version's value of `key` and its parent's, as retrain recorded it under "before"."""
-    return metrics.get(key), _json_dict(metrics.get("before")).get(key)
+    return metrics.get(key), selectors.json_object(metrics.get("before")).get(key)
 
 
 def _facts_table(rows: Sequence[tuple[Any, object]]) -> str | Promise:

@@ -1,4 +1,4 @@
-"""Pictures for the admin drawn as inline SVG on the server: training curves and confusion matrices.
+"""Pictures for the admin drawn as inline SVG on the server: training curves, confusion matrices, accuracy by version.
 
 Plain functions from numbers to markup, so the serving install needs no plotting library and the
 page no script. Every piece of text goes through format_html, so names and titles are escaped.
@@ -6,6 +6,7 @@ page no script. Every piece of text goes through format_html, so names and title
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
@@ -18,6 +19,21 @@ CORRECT_COLOUR = "#2e86c1"
 MISTAKE_COLOUR = "#c0392b"
 # Above this fill opacity a cell is dark enough for white numbers.
 DARK_CELL = 0.55
+HELDOUT_COLOUR, LIVE_COLOUR = SERIES_STYLES[0][0], SERIES_STYLES[1][0]
+# Width given to each version on the accuracy-by-version chart, and the narrowest that still has room
+# for its name ("v20") under it: below that only every few versions are named.
+VERSION_WIDTH, VERSION_LABEL_WIDTH = 40, 28
+
+
+class VersionAccuracy(NamedTuple):
+    """One version's column on the accuracy-by-version chart; each share is 0..1, or None if unknown."""
+
+    name: str  # "v2"
+    parent: str  # the version its retrain started from ("v1"), or "" for none
+    before: float | None  # the parent on the drawings this version's retrain held out
+    after: float | None  # this version on the same drawings
+    live: float | None  # on the drawings it judged when served that reviewers have since labelled
+    live_count: int = 0
 
 
 def line_chart(
@@ -218,6 +234,132 @@ def confusion_matrix_chart(
     return _svg(title=title, summary=summary, width=width, height=height, body=body)
 
 
+def version_accuracy_chart(versions: Sequence[VersionAccuracy], *, title: str) -> SafeString:
+    """Return an SVG chart of accuracy by version, oldest first, with its own text description.
+
+    Each retrained version gets its held-out pair, its parent's accuracy (hollow circle) joined to its own
+    (filled circle) on the drawings its retrain held out, and a square for its accuracy on the reviewed
+    drawings it judged live. Raises ValueError when no version has any of them.
+    """
+    columns = [
+        column._replace(before=_share(column.before), after=_share(column.after), live=_share(column.live))
+        for column in versions
+    ]
+    values = [v for column in columns for v in (column.before, column.after, column.live) if v is not None]
+    if not values:
+        raise ValueError("nothing to draw")
+    count = len(columns)
+    width, height = min(880, max(440, 80 + VERSION_WIDTH * count)), 250
+    left, right, top, bottom = 60, width - 12, 40, height - 40
+    low, high, step = _nice_range(min(values), max(values))
+    low, high = max(low, 0.0), min(high, 1.0)  # accuracy never leaves 0%..100%, nor does its axis
+    step_width = (right - left) / count
+
+    def x(index: int) -> float:
+        return left + step_width * (index + 0.5)
+
+    def y(value: float) -> float:
+        return bottom - (bottom - top) * (value - low) / (high - low)
+
+    ticks = [low + i * step for i in range(round((high - low) / step) + 1)]
+    decimals = max(0, -math.floor(math.log10(step * 100) + 1e-9))
+    grid = format_html_join(
+        "",
+        '<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="currentColor" stroke-opacity="0.15"/>'
+        '<text x="{}" y="{}" text-anchor="end" dominant-baseline="middle">{}</text>',
+        ((left, right, _px(y(t)), _px(y(t)), left - 6, _px(y(t)), f"{t * 100:.{decimals}f}%") for t in ticks),
+    )
+    every = max(1, math.ceil(VERSION_LABEL_WIDTH / step_width))
+    names = format_html_join(
+        "",
+        '<text x="{}" y="{}" text-anchor="middle">{}</text>',
+        (
+            (_px(x(i)), bottom + 16, column.name)
+            for i, column in enumerate(columns)
+            if (count - 1 - i) % every == 0  # the newest version is always named
+        ),
+    )
+    marks = []
+    for i, column in enumerate(columns):
+        held_x, live_x = x(i) - 5, x(i) + 6
+        pair = [value for value in (column.before, column.after) if value is not None]
+        if len(pair) == 2:
+            marks.append(
+                format_html(
+                    '<line x1="{0}" x2="{0}" y1="{1}" y2="{2}" stroke="{3}" stroke-width="2"/>',
+                    _px(held_x),
+                    _px(y(pair[0])),
+                    _px(y(pair[1])),
+                    HELDOUT_COLOUR,
+                )
+            )
+        if column.before is not None:
+            marks.append(
+                format_html(
+                    '<circle cx="{}" cy="{}" r="4" fill="none" stroke="{}" stroke-width="2"><title>{}</title></circle>',
+                    _px(held_x),
+                    _px(y(column.before)),
+                    HELDOUT_COLOUR,
+                    _("%(parent)s on the drawings held out from %(version)s: %(value)s")
+                    % {"parent": column.parent or "?", "version": column.name, "value": f"{column.before:.1%}"},
+                )
+            )
+        if column.after is not None:
+            marks.append(
+                format_html(
+                    '<circle cx="{}" cy="{}" r="4" fill="{}"><title>{}</title></circle>',
+                    _px(held_x),
+                    _px(y(column.after)),
+                    HELDOUT_COLOUR,
+                    _("%(version)s on the drawings held out from it: %(value)s")
+                    % {"version": column.name, "value": f"{column.after:.1%}"},
+                )
+            )
+        if column.live is not None:
+            marks.append(
+                format_html(
+                    '<rect x="{}" y="{}" width="7" height="7" fill="{}"><title>{}</title></rect>',
+                    _px(live_x - 3.5),
+                    _px(y(column.live) - 3.5),
+                    LIVE_COLOUR,
+                    _describe_live(column),
+                )
+            )
+    legend = format_html(
+        '<circle cx="{}" cy="12" r="4" fill="none" stroke="{}" stroke-width="2"/>'
+        '<text x="{}" y="12" dominant-baseline="middle">{}</text>'
+        '<circle cx="{}" cy="12" r="4" fill="{}"/><text x="{}" y="12" dominant-baseline="middle">{}</text>'
+        '<rect x="{}" y="8.5" width="7" height="7" fill="{}"/><text x="{}" y="12" dominant-baseline="middle">{}</text>',
+        left + 4,
+        HELDOUT_COLOUR,
+        left + 12,
+        _("parent, held out"),
+        left + 134,
+        HELDOUT_COLOUR,
+        left + 142,
+        _("version, held out"),
+        left + 262,
+        LIVE_COLOUR,
+        left + 273,
+        _("version, live"),
+    )
+    body = format_html(
+        '{}{}{}{}<text transform="translate(14 {}) rotate(-90)" text-anchor="middle">{}</text>'
+        '<text x="{}" y="{}" text-anchor="middle">{}</text>',
+        grid,
+        names,
+        mark_safe("".join(marks)),
+        legend,
+        _px((top + bottom) / 2),
+        _("accuracy (%)"),
+        _px((left + right) / 2),
+        height - 6,
+        _("model version"),
+    )
+    summary = "; ".join(_describe_version(column) for column in columns)
+    return _svg(title=title, summary=summary, width=width, height=height, body=body)
+
+
 def _svg(*, title: str, summary: str, width: int, height: int, body: str) -> SafeString:
     """Return an SVG picture of `body`, named by its title and described in words for screen readers."""
     return format_html(
@@ -243,6 +385,12 @@ def _finite(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def _share(value) -> float | None:
+    """Return `value` as a share from 0 to 1, or None if it is anything else."""
+    value = _finite(value)
+    return value if value is not None and 0 <= value <= 1 else None
 
 
 def _count(value) -> int:
@@ -299,3 +447,24 @@ def _describe(name: str, points: list[float | None], show) -> str:
         "last": show(last),
         "last_epoch": last_epoch,
     }
+
+
+def _describe_live(column: VersionAccuracy) -> str:
+    """Return a version's live accuracy in words, with the number of reviewed drawings behind it."""
+    return _("%(version)s live: %(value)s of %(count)d reviewed drawings read right") % {
+        "version": column.name,
+        "value": f"{column.live:.1%}",
+        "count": column.live_count,
+    }
+
+
+def _describe_version(column: VersionAccuracy) -> str:
+    """Return one version's column in words: held-out accuracy before and after, and live accuracy."""
+    parts = []
+    if column.before is not None or column.after is not None:
+        show = {"before": "?" if column.before is None else f"{column.before:.1%}"}
+        show["after"] = "?" if column.after is None else f"{column.after:.1%}"
+        parts.append(_("held out %(before)s (%(parent)s) to %(after)s") % {**show, "parent": column.parent or "?"})
+    if column.live is not None:
+        parts.append(_("live %(value)s") % {"value": f"{column.live:.1%}"})
+    return f"{column.name}: {', '.join(parts) or _('nothing measured')}"

@@ -68,6 +68,76 @@ def finetuning_dataset(*, drawings: QuerySet[Drawing] | None = None) -> QuerySet
     return drawings.filter(finetuning_dataset_q()).order_by("id")
 
 
+def json_object(value) -> dict:
+    """Return `value` if it is a dict (an object in stored JSON), else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def recorded_share(value) -> float | None:
+    """Return a share (0 to 1) read from stored JSON, or None if it is missing or not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        return None  # also NaN, which no comparison admits
+    return float(value)
+
+
+def recorded_count(value) -> int | None:
+    """Return a count read from stored JSON, or None if it is missing or not a whole number of at least 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class HeldoutScore:
+    """What one retrain recorded on the reviewed drawings it held out: the new version's accuracy and its parent's.
+
+    Both were measured in the same run on the very same drawings, so the change is the run's gain.
+    """
+
+    version: int  # the version the run made
+    parent: int | None  # the version it was fine-tuned from
+    accuracy: float | None  # the new version on the held-out drawings
+    before: float | None  # its parent on the same drawings
+    size: int | None
+
+    @property
+    def accuracy_percent(self) -> float | None:
+        """Return the new version's accuracy in percent, or None if not recorded."""
+        return None if self.accuracy is None else 100 * self.accuracy
+
+    @property
+    def before_percent(self) -> float | None:
+        """Return the parent's accuracy in percent, or None if not recorded."""
+        return None if self.before is None else 100 * self.before
+
+    @property
+    def change_points(self) -> float | None:
+        """Return the gain in percentage points (negative: a loss), or None unless both are recorded."""
+        if self.accuracy is None or self.before is None:
+            return None
+        return 100 * (self.accuracy - self.before)
+
+
+def heldout_score(version: ModelVersion) -> HeldoutScore | None:
+    """Return what the retrain that made `version` measured on its held-out drawings, or None if it recorded nothing.
+
+    Reads the keys `manage.py retrain` writes; the parent's number comes from the record, else from
+    `version.parent` (select it with the version). A set of no drawings measured nothing.
+    """
+    metrics = json_object(version.metrics)
+    before = json_object(metrics.get("before"))
+    size = recorded_count(metrics.get("heldout_size"))
+    if size is None:
+        size = recorded_count(json_object(json_object(version.training_data).get("sizes")).get("heldout"))
+    accuracy, earlier = recorded_share(metrics.get("heldout_accuracy")), recorded_share(before.get("heldout_accuracy"))
+    if size == 0 or (accuracy is None and earlier is None):
+        return None
+    parent = recorded_count(before.get("version"))
+    if parent is None and version.parent is not None:
+        parent = version.parent.version
+    return HeldoutScore(version=version.version, parent=parent, accuracy=accuracy, before=earlier, size=size)
+
+
 @dataclass
 class ModelVersionStats:
     """How one model version did on the drawings it judged."""
@@ -81,6 +151,10 @@ class ModelVersionStats:
     excluded: int
     # confusion[true_label][predicted_label] counts reviewed drawings.
     confusion: list[list[int]] = field(default_factory=lambda: [[0] * NUM_CLASSES for _ in range(NUM_CLASSES)])
+    # Its own retrain's record on the drawings held out from it; None for the base model.
+    heldout: HeldoutScore | None = None
+    # The records of the runs fine-tuned from it: how it did on the drawings each of them held out.
+    heldout_as_parent: list[HeldoutScore] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float | None:
@@ -105,7 +179,7 @@ class ModelVersionStats:
     @property
     def mnist_test_percent(self) -> float | None:
         """Return the version's recorded MNIST test accuracy in percent, or None if it has none."""
-        accuracy = self.version.metrics.get("mnist_test_accuracy")
+        accuracy = recorded_share(json_object(self.version.metrics).get("mnist_test_accuracy"))
         return None if accuracy is None else 100 * accuracy
 
     @property
@@ -132,7 +206,7 @@ def model_versions_with_counts(*, versions: QuerySet[ModelVersion] | None = None
 
 
 def model_version_stats() -> list[ModelVersionStats]:
-    """Return the review statistics of every model version, newest first, in two queries."""
+    """Return the review statistics and held-out records of every model version, newest first, in two queries."""
     versions = model_versions_with_counts(versions=ModelVersion.objects.select_related("parent"))
     stats = {
         version.id: ModelVersionStats(
@@ -143,9 +217,13 @@ def model_version_stats() -> list[ModelVersionStats]:
             low_confidence=version.low_confidence,
             disputed=version.disputed,
             excluded=version.excluded,
+            heldout=heldout_score(version),
         )
         for version in versions.order_by("-version")
     }
+    for child in reversed(stats.values()):  # oldest first, so each parent lists its runs in order
+        if child.heldout is not None and child.version.parent_id in stats:
+            stats[child.version.parent_id].heldout_as_parent.append(child.heldout)
     cells = (
         finetuning_dataset()
         .order_by()

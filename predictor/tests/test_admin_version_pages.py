@@ -1,4 +1,4 @@
-"""The admin's model-version pages and dashboard, as a reviewer reads them."""
+"""The admin's model-version list and pages, as a reviewer reads them."""
 
 import json
 import re
@@ -8,8 +8,6 @@ from django.conf import settings
 from django.urls import reverse
 
 from predictor.models import ModelVersion
-
-DASHBOARD = reverse("admin:predictor_dashboard")
 
 
 @pytest.mark.django_db
@@ -29,22 +27,6 @@ def test_canvas_accuracy_measured_on_no_drawings_is_shown_as_unknown(admin_clien
     model_version.save()
     html = admin_client.get(reverse("admin:predictor_modelversion_changelist")).content.decode()
     assert '<td class="field-canvas_val_accuracy">-</td>' in html
-
-
-@pytest.mark.django_db
-def test_dashboard_shows_accuracy_confusion_and_dataset_size(reviewer_client, mixed, make_drawing):
-    make_drawing(predicted_label=5, confidence=0.9, true_label=5)
-    response = reviewer_client.get(DASHBOARD)
-    html = response.content.decode()
-
-    assert response.status_code == 200
-    [stats] = response.context["stats"]
-    assert (stats.judged, stats.reviewed, stats.correct, stats.excluded) == (9, 3, 2, 1)
-    assert stats.confusion[6][5] == 1 and stats.confusion[4][4] == 1 and stats.confusion[5][5] == 1
-    assert response.context["counts"] == {"drawings": 9, "needs_review": 3, "dataset": 3}
-    assert "66.7% (2/3)" in html and "99.10%" in html
-    assert "true_label__exact=6&amp;predicted_label__exact=5" in html
-    assert "Confusion matrix" in html
 
 
 BASE_METRICS = json.loads((settings.BASE_DIR / "training" / "artifacts" / "base" / "metrics.json").read_text())
