@@ -22,7 +22,7 @@ DARK_CELL = 0.55
 HELDOUT_COLOUR, LIVE_COLOUR = SERIES_STYLES[0][0], SERIES_STYLES[1][0]
 # Width given to each version on the accuracy-by-version chart, and the narrowest that still has room
 # for its name ("v20") under it: below that only every few versions are named.
-VERSION_WIDTH, VERSION_LABEL_WIDTH = 40, 28
+VERSION_WIDTH, VERSION_LABEL_WIDTH = 44, 28
 
 
 class VersionAccuracy(NamedTuple):
@@ -249,7 +249,7 @@ def version_accuracy_chart(versions: Sequence[VersionAccuracy], *, title: str) -
     if not values:
         raise ValueError("nothing to draw")
     count = len(columns)
-    width, height = min(880, max(440, 80 + VERSION_WIDTH * count)), 250
+    width, height = min(880, max(520, 80 + VERSION_WIDTH * count)), 260
     left, right, top, bottom = 60, width - 12, 40, height - 40
     low, high, step = _nice_range(min(values), max(values))
     low, high = max(low, 0.0), min(high, 1.0)  # accuracy never leaves 0%..100%, nor does its axis
@@ -407,7 +407,8 @@ def _nice_range(low: float, high: float) -> tuple[float, float, float]:
     rough = (high - low) / 4
     magnitude = 10 ** math.floor(math.log10(rough))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= rough)
-    return math.floor(low / step) * step, math.ceil(high / step) * step, step
+    # The margin keeps a value on a tick (0.7 is 6.999... steps of 0.1) from adding a tick below or above it.
+    return math.floor(low / step + 1e-9) * step, math.ceil(high / step - 1e-9) * step, step
 
 
 def _segments(points: list[float | None]) -> list[list[tuple[int, float]]]:

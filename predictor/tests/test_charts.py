@@ -125,3 +125,90 @@ def test_confusion_matrix_colours_right_answers_by_row_share_and_mistakes_agains
 def test_confusion_matrix_refuses_what_is_not_a_square_of_counts(matrix):
     with pytest.raises(ValueError):
         charts.confusion_matrix_chart(matrix, title="t")
+
+
+def version(name, before=None, after=None, live=None, *, parent="", live_count=0):
+    return charts.VersionAccuracy(name, parent, before, after, live, live_count)
+
+
+def marks(root: ET.Element) -> dict[str, list[ET.Element]]:
+    """Return the chart's marks by kind, legend left out: hollow and filled circles, squares, joining lines."""
+    circles = [c for c in root.findall(f"{SVG}circle") if c.find(f"{SVG}title") is not None]
+    return {
+        "before": [c for c in circles if c.get("fill") == "none"],
+        "after": [c for c in circles if c.get("fill") != "none"],
+        "live": [r for r in root.findall(f"{SVG}rect") if r.find(f"{SVG}title") is not None],
+        "pairs": [line for line in root.findall(f"{SVG}line") if line.get("stroke") == charts.HELDOUT_COLOUR],
+    }
+
+
+def test_accuracy_by_version_joins_each_retrain_before_and_after_and_marks_live_accuracy():
+    columns = [
+        version("v1", live=0.7, live_count=20),
+        version("v2", 0.725, 0.85, 0.85, parent="v1", live_count=20),
+        version("v3", 0.9, 0.88, parent="v2"),
+    ]
+    root = parse(charts.version_accuracy_chart(columns, title="Accuracy by model version"))
+    drawn = marks(root)
+
+    assert (len(drawn["before"]), len(drawn["after"]), len(drawn["live"]), len(drawn["pairs"])) == (2, 2, 2, 2)
+    # Higher accuracy is drawn higher: v2 rose, v3 fell.
+    assert float(drawn["after"][0].get("cy")) < float(drawn["before"][0].get("cy"))
+    assert float(drawn["after"][1].get("cy")) > float(drawn["before"][1].get("cy"))
+    # Versions read left to right in the order given.
+    xs = [float(c.get("cx")) for c in drawn["after"]]
+    assert xs == sorted(xs)
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert [t for t in texts if t in ("v1", "v2", "v3")] == ["v1", "v2", "v3"]
+    assert "accuracy (%)" in texts and "model version" in texts
+    ticks = [t for t in texts if t.endswith("%") and t[:-1].isdigit()]
+    assert ticks[0] == "70%" and ticks[-1] == "90%"
+    assert root.get("aria-label") == (
+        "Accuracy by model version. v1: live 70.0%; v2: held out 72.5% (v1) to 85.0%, live 85.0%; "
+        "v3: held out 90.0% (v2) to 88.0%."
+    )
+    titles = [t.text for t in root.iter(f"{SVG}title")]
+    assert "v1 on the drawings held out from v2: 72.5%" in titles
+    assert "v1 live: 70.0% of 20 reviewed drawings read right" in titles
+
+
+def test_accuracy_by_version_names_twenty_versions_and_thins_the_names_of_more():
+    twenty = parse(charts.version_accuracy_chart([version(f"v{n}", live=0.9) for n in range(1, 21)], title="t"))
+    names = [t.text for t in twenty.iter(f"{SVG}text") if t.text.startswith("v") and t.text[1:].isdigit()]
+    assert names == [f"v{n}" for n in range(1, 21)]
+    assert int(twenty.get("width")) <= 880
+
+    sixty = parse(charts.version_accuracy_chart([version(f"v{n}", live=0.9) for n in range(1, 61)], title="t"))
+    names = [t.text for t in sixty.iter(f"{SVG}text") if t.text.startswith("v") and t.text[1:].isdigit()]
+    assert 10 < len(names) < 60 and names[-1] == "v60"  # the newest is always named
+    xs = [float(t.get("x")) for t in sixty.iter(f"{SVG}text") if t.text in names]
+    assert min(b - a for a, b in zip(xs, xs[1:])) >= charts.VERSION_LABEL_WIDTH
+
+
+def test_accuracy_by_version_keeps_its_axis_within_0_and_100_percent():
+    root = parse(charts.version_accuracy_chart([version("v1", live=1.0), version("v2", 1.0, 1.0)], title="t"))
+    ticks = [t.text for t in root.iter(f"{SVG}text") if t.text.endswith("%") and t.text[:-1].isdigit()]
+    assert ticks[-1] == "100%" and all(int(t[:-1]) <= 100 for t in ticks)
+    grid = [float(line.get("y1")) for line in root.findall(f"{SVG}line") if line.get("stroke") == "currentColor"]
+    heights = [float(c.get("cy")) for c in root.findall(f"{SVG}circle") if c.find(f"{SVG}title") is not None]
+    assert all(min(grid) <= y <= max(grid) for y in heights)
+
+
+@pytest.mark.parametrize("odd", [None, float("nan"), 1.5, -0.1, "0.9", True])
+def test_accuracy_by_version_leaves_out_what_is_not_a_share(odd):
+    root = parse(charts.version_accuracy_chart([version("v1", live=0.8), version("v2", odd, 0.9, odd)], title="t"))
+    drawn = marks(root)
+    assert (len(drawn["before"]), len(drawn["after"]), len(drawn["live"]), len(drawn["pairs"])) == (0, 1, 1, 0)
+    assert "v2: held out ? (?) to 90.0%" in root.get("aria-label")
+
+
+@pytest.mark.parametrize("columns", [[], [version("v1")], [version("v1", live=2.0), version("v2", "x")]])
+def test_accuracy_by_version_without_any_share_is_refused(columns):
+    with pytest.raises(ValueError):
+        charts.version_accuracy_chart(columns, title="t")
+
+
+def test_accuracy_by_version_escapes_names():
+    svg = charts.version_accuracy_chart([version("<b>v1</b>", 0.5, 0.6, parent="<i>")], title="<script>")
+    assert "<script>" not in svg and "<b>" not in svg and "<i>" not in svg
+    parse(svg)

@@ -81,6 +81,76 @@ def test_model_version_without_drawings_has_no_accuracy(model_version):
     assert sum(map(sum, stats.confusion)) == 0
 
 
+def retrained(parent, version, **metrics):
+    """A version with a retrain's record of its held-out drawings (its files are never read)."""
+    return ModelVersion.objects.create(
+        version=version,
+        tflite=f"v{version}/model.tflite",
+        keras=f"v{version}/model.keras",
+        parent=parent,
+        metrics=metrics,
+        training_data={"sizes": {"train": 40, "heldout": 10}},
+    )
+
+
+@pytest.mark.django_db
+def test_heldout_score_reads_the_retrain_record_of_both_versions_on_the_same_drawings(model_version):
+    version = retrained(
+        model_version, 2, heldout_accuracy=0.9, heldout_size=12, before={"version": 1, "heldout_accuracy": 0.75}
+    )
+    score = selectors.heldout_score(version)
+    assert score == selectors.HeldoutScore(version=2, parent=1, accuracy=0.9, before=0.75, size=12)
+    assert (score.accuracy_percent, score.before_percent) == (90.0, 75.0)
+    assert score.change_points == pytest.approx(15.0)
+
+
+@pytest.mark.django_db
+def test_heldout_score_falls_back_on_the_registry_and_the_training_data(model_version):
+    version = retrained(model_version, 2, heldout_accuracy=0.8, before={"version": "one", "heldout_accuracy": 1.2})
+    assert selectors.heldout_score(version) == selectors.HeldoutScore(
+        version=2, parent=1, accuracy=0.8, before=None, size=10
+    )
+    assert selectors.heldout_score(version).change_points is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {},
+        {"mnist_test_accuracy": 0.99},
+        {"heldout_accuracy": None, "before": {"heldout_accuracy": None}},
+        {"heldout_accuracy": "90%", "before": [0.8]},
+        {"heldout_accuracy": True},
+        {"heldout_accuracy": 0.0, "heldout_size": 0},  # measured on no drawings: nothing measured
+        ["not", "an", "object"],
+    ],
+)
+def test_heldout_score_is_none_without_a_usable_record(model_version, metrics):
+    version = retrained(model_version, 2)
+    ModelVersion.objects.filter(id=version.id).update(metrics=metrics)  # as stored, whatever its shape
+    version.refresh_from_db()
+    assert selectors.heldout_score(version) is None
+
+
+@pytest.mark.django_db
+def test_model_version_stats_give_each_version_its_run_and_the_runs_started_from_it(
+    model_version, django_assert_num_queries
+):
+    second = retrained(model_version, 2, heldout_accuracy=0.9, before={"heldout_accuracy": 0.8})
+    retrained(second, 3, heldout_accuracy=0.85, before={"heldout_accuracy": 0.9})
+    retrained(second, 4, heldout_accuracy=0.95, before={"heldout_accuracy": 0.92})
+
+    with django_assert_num_queries(2):
+        fourth, third, second_stats, first = selectors.model_version_stats()
+
+    assert first.heldout is None
+    assert [(run.version, run.before) for run in first.heldout_as_parent] == [(2, 0.8)]
+    assert (second_stats.heldout.accuracy, second_stats.heldout.parent) == (0.9, 1)
+    assert [(run.version, run.before) for run in second_stats.heldout_as_parent] == [(3, 0.9), (4, 0.92)]
+    assert (third.heldout_as_parent, fourth.heldout_as_parent) == ([], [])
+
+
 @pytest.mark.django_db
 def test_review_counts(make_drawing):
     make_drawing(confidence=0.2)
