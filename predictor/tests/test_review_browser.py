@@ -203,7 +203,7 @@ def test_every_queue_column_fits_a_1280_window_beside_the_filters(new_page, queu
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("page_name", ["queue", "empty queue", "version page"])
+@pytest.mark.parametrize("page_name", ["queue", "empty queue", "version page", "dashboard"])
 def test_review_pages_have_no_serious_accessibility_problems(
     new_page, reviewer, model_version, make_drawing, page_name
 ):
@@ -211,6 +211,17 @@ def test_review_pages_have_no_serious_accessibility_problems(
     if page_name == "queue":
         make_drawing(predicted_label=4, confidence=0.97, feedback_label=9)
         make_drawing(predicted_label=1, confidence=0.35, feedback_label=1)
+    elif page_name == "dashboard":
+        make_drawing(predicted_label=4, confidence=0.97, true_label=4)
+        make_drawing(predicted_label=1, confidence=0.35, true_label=7)
+        ModelVersion.objects.create(
+            version=2,
+            tflite="v2/model.tflite",
+            keras="v2/model.keras",
+            parent=model_version,
+            metrics={"heldout_accuracy": 0.9, "heldout_size": 10, "before": {"version": 1, "heldout_accuracy": 0.8}},
+        )
+        url = "/admin/predictor/modelversion/dashboard/"
     elif page_name == "version page":
         model_version.metrics = json.loads(BASE_METRICS.read_text())
         model_version.save()
@@ -237,6 +248,9 @@ def test_review_pages_have_no_serious_accessibility_problems(
         expect(admin.locator("#result_list tbody tr")).to_have_count(2)
     elif page_name == "empty queue":
         expect(admin.get_by_role("heading", name="Nothing to review")).to_be_visible()
+    elif page_name == "dashboard":
+        expect(admin.locator("svg.chart")).to_have_count(1)
+        expect(admin.locator(".learning-table tbody tr")).to_have_count(2)
     else:
         expect(admin.locator("svg.chart")).to_have_count(3)
         admin.locator("details summary").first.click()  # the raw record too, opened
