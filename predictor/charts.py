@@ -325,31 +325,31 @@ def version_accuracy_chart(versions: Sequence[VersionAccuracy], *, title: str) -
                     _describe_live(column),
                 )
             )
-    legend = format_html(
-        '<circle cx="{}" cy="12" r="4" fill="none" stroke="{}" stroke-width="2"/>'
-        '<text x="{}" y="12" dominant-baseline="middle">{}</text>'
-        '<circle cx="{}" cy="12" r="4" fill="{}"/><text x="{}" y="12" dominant-baseline="middle">{}</text>'
-        '<rect x="{}" y="8.5" width="7" height="7" fill="{}"/><text x="{}" y="12" dominant-baseline="middle">{}</text>',
-        left + 4,
-        HELDOUT_COLOUR,
-        left + 12,
-        _("parent, held out"),
-        left + 134,
-        HELDOUT_COLOUR,
-        left + 142,
-        _("version, held out"),
-        left + 262,
-        LIVE_COLOUR,
-        left + 273,
-        _("version, live"),
-    )
+    legend, start = [], left
+    for sample, name in (
+        (
+            format_html('<circle cx="4" r="4" fill="none" stroke="{}" stroke-width="2"/>', HELDOUT_COLOUR),
+            _("parent, held out"),
+        ),
+        (format_html('<circle cx="4" r="4" fill="{}"/>', HELDOUT_COLOUR), _("version, held out")),
+        (format_html('<rect x="0.5" y="-3.5" width="7" height="7" fill="{}"/>', LIVE_COLOUR), _("version, live")),
+    ):
+        legend.append(
+            format_html(
+                '<g transform="translate({} 12)">{}<text x="12" dominant-baseline="middle">{}</text></g>',
+                start,
+                sample,
+                name,
+            )
+        )
+        start += 32 + 7 * len(name)  # room for the sample and the name at this font size
     body = format_html(
         '{}{}{}{}<text transform="translate(14 {}) rotate(-90)" text-anchor="middle">{}</text>'
         '<text x="{}" y="{}" text-anchor="middle">{}</text>',
         grid,
         names,
         mark_safe("".join(marks)),
-        legend,
+        mark_safe("".join(legend)),
         _px((top + bottom) / 2),
         _("accuracy (%)"),
         _px((left + right) / 2),

@@ -161,6 +161,7 @@ def test_accuracy_by_version_joins_each_retrain_before_and_after_and_marks_live_
     texts = [t.text for t in root.iter(f"{SVG}text")]
     assert [t for t in texts if t in ("v1", "v2", "v3")] == ["v1", "v2", "v3"]
     assert "accuracy (%)" in texts and "model version" in texts
+    assert {"parent, held out", "version, held out", "version, live"} <= set(texts)  # the legend
     ticks = [t for t in texts if t.endswith("%") and t[:-1].isdigit()]
     assert ticks[0] == "70%" and ticks[-1] == "90%"
     assert root.get("aria-label") == (
