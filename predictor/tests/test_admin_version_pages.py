@@ -147,3 +147,12 @@ def test_version_page_copes_with_missing_odd_and_hostile_metrics(admin_client, m
     assert "<script>alert(1)" not in html and "<img src=x" not in html and "<b>val</b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in outside_details(html)
     assert outside_details(html).count('<svg class="chart"') == 0  # nothing drawable: no half-drawn pictures
+
+
+@pytest.mark.django_db
+def test_version_list_and_page_cope_with_a_record_that_is_not_a_json_object(admin_client, model_version):
+    ModelVersion.objects.filter(id=model_version.id).update(metrics=["0.99"], training_data="all of them")
+    listing = admin_client.get(reverse("admin:predictor_modelversion_changelist"))
+    assert listing.status_code == 200
+    html = outside_details(version_page(admin_client, model_version))
+    assert "Not recorded for this version." in html and "None: the gate judges a retrained version" in html
