@@ -261,7 +261,16 @@ class Command(BaseCommand):
                 runs.RunLog(run, echo=sys.stdout, on_line=self.epoch_progress) as keras_output,
                 contextlib.redirect_stdout(keras_output),
             ):
-                model = finetune(model, dataset.train.x, dataset.train.y, self.config, replay=replay, verbose=verbose)
+                model = finetune(
+                    model,
+                    dataset.train.x,
+                    dataset.train.y,
+                    self.config,
+                    replay=replay,
+                    # Measured after each epoch for the record (the version page's curves), never chosen on.
+                    watch=(dataset.heldout.x, dataset.heldout.y),
+                    verbose=verbose,
+                )
             fit_seconds = time.perf_counter() - fit_started
             self.step("exporting")
             try:
@@ -295,6 +304,10 @@ class Command(BaseCommand):
                 **after.accuracies(),
                 "mnist_test_loss": after.mnist.loss,
                 "per_class_accuracy": after.mnist.per_class,
+                # Per epoch: loss and accuracy on the training mix, and on the held-out reviewed drawings.
+                "history": {key: [float(v) for v in values] for key, values in model.history.history.items()},
+                "confusion": after.mnist.confusion,
+                "confusion_heldout": after.heldout.confusion,
                 "heldout_size": after.heldout.size,
                 "before": {"version": parent.version, **before.accuracies()},
                 "gate": {
