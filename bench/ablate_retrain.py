@@ -50,6 +50,7 @@ VARIANTS: dict[str, dict] = {
     "replay 2000": {"replay_size": 2000},
     "replay 10000": {"replay_size": 10000},
     "batch 128": {"batch_size": 128},
+    "reviewed not augmented": {"augment_reviewed": False},
 }
 
 
@@ -124,9 +125,10 @@ def run(base, hands: list[HandData], config, mnist) -> dict:
     replay = replay_sample(x_mnist, y_mnist, config.replay_size, seed=config.seed)
     x = np.concatenate([hand.train_x for hand in hands])
     y = np.concatenate([hand.train_y for hand in hands])
+    epochs = epoch_scores(hands)
     started = time.perf_counter()
-    tuned = finetune(base, x, y, config, replay=replay)
-    seconds = time.perf_counter() - started
+    tuned = finetune(base, x, y, config, replay=replay, callbacks=[epochs])
+    seconds = time.perf_counter() - started - epochs.seconds
     mnist_accuracy, per_digit = accuracy(tuned, x_test, y_test)
     return {
         "model": tuned,
@@ -135,7 +137,32 @@ def run(base, hands: list[HandData], config, mnist) -> dict:
         "per_digit": per_digit,
         "new": {hand.name: accuracy(tuned, hand.new_x, hand.new_y)[0] for hand in hands},
         "heldout": {hand.name: accuracy(tuned, hand.heldout_x, hand.heldout_y)[0] for hand in hands},
+        # Early stopping, had it been used: the epoch best on the gate's held-out part, and the new drawings then.
+        "early": epochs.early_stopping(),
     }
+
+
+def epoch_scores(hands: list[HandData]):
+    """Return a Keras callback that scores the hands after each epoch (its time is left out of the fit's)."""
+    import keras
+
+    class EpochScores(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heldout, self.new, self.seconds = [], [], 0.0
+
+        def on_epoch_end(self, epoch, logs=None):
+            started = time.perf_counter()
+            self.heldout.append(np.mean([accuracy(self.model, h.heldout_x, h.heldout_y)[0] for h in hands]))
+            self.new.append({h.name: accuracy(self.model, h.new_x, h.new_y)[0] for h in hands})
+            self.seconds += time.perf_counter() - started
+
+        def early_stopping(self) -> tuple[int, dict]:
+            """Return (epoch, new-drawing accuracies) of the first epoch best on the gate's held-out part."""
+            best = int(np.argmax(self.heldout))
+            return best + 1, self.new[best]
+
+    return EpochScores()
 
 
 def removed(before: float, after: float) -> float:
@@ -190,8 +217,12 @@ def main() -> None:
         return
 
     chosen = options.variants.split(",") if options.variants else list(VARIANTS)
-    print("\n| variant | " + " | ".join(f"{n} removed" for n in names) + " | mean removed | MNIST Δ | worst digit Δ | fit s |")
-    print("| --- |" + " ---: |" * (len(names) + 4))
+    print(
+        "\n| variant | "
+        + " | ".join(f"{n} removed" for n in names)
+        + " | mean removed | MNIST Δ | worst digit Δ | fit s | early stop: epoch, mean removed |"
+    )
+    print("| --- |" + " ---: |" * (len(names) + 5))
     for variant in chosen:
         rows = []
         for seed in seeds:
@@ -203,10 +234,13 @@ def main() -> None:
         mnist_delta = np.mean([r["mnist"] - base_mnist for _, _, r in rows])
         worst = np.mean([(r["per_digit"] - base_digits).min() for _, _, r in rows])
         seconds = np.median([r["seconds"] for _, _, r in rows])
+        early_epochs = [r["early"][0] for _, _, r in rows]
+        early = np.mean([removed(base_new[n], r["early"][1][n]) for n, _, r in rows])
         print(
             f"| {variant} | "
             + " | ".join(f"{shares[n]:.0%}" for n in names)
-            + f" | {np.mean(list(shares.values())):.0%} | {100 * mnist_delta:+.2f} | {100 * worst:+.2f} | {seconds:.0f} |",
+            + f" | {np.mean(list(shares.values())):.0%} | {100 * mnist_delta:+.2f} | {100 * worst:+.2f} | {seconds:.0f} "
+            f"| {'/'.join(map(str, early_epochs))}: {early:.0%} |",
             flush=True,
         )
 

@@ -36,6 +36,7 @@ def finetune(
     *,
     replay: tuple[np.ndarray, np.ndarray] | None = None,
     watch: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int = 0,
 ) -> keras.Model:
     """Return a fine-tuned copy of `model` (which is left untouched) trained on uint8 (N, 28, 28) x and labels y.
@@ -47,7 +48,9 @@ def finetune(
     """
     keras.utils.set_random_seed(config.seed)
     x, y = _examples(x, y)
-    replay_x, replay_y = _examples(*replay) if replay is not None else _examples(np.zeros((0, IMAGE_SIZE, IMAGE_SIZE)), [])
+    replay_x, replay_y = (
+        _examples(*replay) if replay is not None else _examples(np.zeros((0, IMAGE_SIZE, IMAGE_SIZE)), [])
+    )
     if len(x) + len(replay_x) == 0:
         raise ValueError("finetune() needs at least one example.")
     tuned = keras.models.clone_model(model)
@@ -68,6 +71,7 @@ def finetune(
         epochs=config.epochs,
         steps_per_epoch=steps,
         validation_data=validation,
+        callbacks=callbacks,
         shuffle=False,
         verbose=verbose,
     )
@@ -87,16 +91,18 @@ def training_mix(
         pooled_x, pooled_y = np.concatenate([x, replay_x]), np.concatenate([y, replay_y])
         return make_dataset(pooled_x, pooled_y, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
     # Examples, not batches, are sampled from the two streams, so the share holds within each batch.
-    reviewed = _examples_stream(x, y, config, seed=config.seed)
+    reviewed = _examples_stream(x, y, config, seed=config.seed, augment=config.augment_reviewed)
     replayed = _examples_stream(replay_x, replay_y, config, seed=config.seed + 1)
     mixed = tf.data.Dataset.sample_from_datasets([reviewed, replayed], [share, 1 - share], seed=config.seed)
     return mixed.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _examples_stream(x: np.ndarray, y: np.ndarray, config: FinetuneConfig, *, seed: int) -> tf.data.Dataset:
-    """Return an endless stream of single augmented (pixels, label) examples of x and y."""
+def _examples_stream(
+    x: np.ndarray, y: np.ndarray, config: FinetuneConfig, *, seed: int, augment: bool = True
+) -> tf.data.Dataset:
+    """Return an endless stream of single (pixels, label) examples of x and y, augmented unless told not to."""
     batch = min(config.batch_size, len(x))
-    return make_dataset(x, y, batch_size=batch, seed=seed, augment=config.augment).unbatch()
+    return make_dataset(x, y, batch_size=batch, seed=seed, augment=config.augment if augment else None).unbatch()
 
 
 def _freeze(model: keras.Model, config: FinetuneConfig) -> None:

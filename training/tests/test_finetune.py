@@ -57,9 +57,7 @@ def test_finetuned_model_exports_with_parity(base, new_style, tmp_path):
 def share_of_reviewed(config: FinetuneConfig, reviewed: int, replayed: int, batches: int = 20) -> float:
     """Return the share of examples labelled as reviewed (7) in the first batches of a fine-tune's mix."""
     (x_mnist, _), _ = load_mnist()
-    mix = training_mix(
-        x_mnist[:reviewed], np.full(reviewed, 7), x_mnist[:replayed], np.full(replayed, 3), config
-    )
+    mix = training_mix(x_mnist[:reviewed], np.full(reviewed, 7), x_mnist[:replayed], np.full(replayed, 3), config)
     labels = np.concatenate([batch_labels.numpy() for _, batch_labels in mix.take(batches)])
     assert len(labels) == batches * config.batch_size
     return float(np.mean(labels == 7))
@@ -67,12 +65,18 @@ def share_of_reviewed(config: FinetuneConfig, reviewed: int, replayed: int, batc
 
 def test_each_batch_takes_the_configured_share_of_reviewed_drawings():
     # 40 reviewed drawings against 2,000 replay digits: pooled, they would be 2% of what is seen.
-    assert share_of_reviewed(FinetuneConfig(reviewed_share=0.5, batch_size=64), 40, 2000) == pytest.approx(0.5, abs=0.06)
-    assert share_of_reviewed(FinetuneConfig(reviewed_share=0.25, batch_size=64), 40, 2000) == pytest.approx(0.25, abs=0.06)
+    assert share_of_reviewed(FinetuneConfig(reviewed_share=0.5, batch_size=64), 40, 2000) == pytest.approx(
+        0.5, abs=0.06
+    )
+    assert share_of_reviewed(FinetuneConfig(reviewed_share=0.25, batch_size=64), 40, 2000) == pytest.approx(
+        0.25, abs=0.06
+    )
 
 
 def test_a_share_of_zero_pools_reviewed_drawings_with_the_replay():
-    assert share_of_reviewed(FinetuneConfig(reviewed_share=0.0, batch_size=64), 400, 1600) == pytest.approx(0.2, abs=0.06)
+    assert share_of_reviewed(FinetuneConfig(reviewed_share=0.0, batch_size=64), 400, 1600) == pytest.approx(
+        0.2, abs=0.06
+    )
 
 
 @pytest.mark.parametrize(("trainable", "learning"), [("head", {"logits"}), ("top", {"logits", "conv2d_4"})])
