@@ -51,6 +51,8 @@ VARIANTS: dict[str, dict] = {
     "replay 10000": {"replay_size": 10000},
     "batch 128": {"batch_size": 128},
     "reviewed not augmented": {"augment_reviewed": False},
+    "distill 0.5": {"distill": 0.5},
+    "distill 1": {"distill": 1.0},
 }
 
 

@@ -18,9 +18,11 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from predictor.inference import NUM_CLASSES
 from predictor.preprocessing import IMAGE_SIZE
 from training.augment import make_dataset
 from training.config import FinetuneConfig
+from training.evaluate import predict_probabilities
 from training.train import compile_model
 
 # Which layers learn, by FinetuneConfig.trainable: every layer, or only the last convolution block and
@@ -60,12 +62,24 @@ def finetune(
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=steps * config.epochs, alpha=0.05
     )
-    compile_model(tuned, learning_rate=schedule, weight_decay=0.0, label_smoothing=config.label_smoothing)
+    if config.distill > 0 and len(replay_x):
+        # The replay digits teach what the parent answered, not just their label: the parent's whole
+        # judgement (which digits a 7 resembles, how sure) is what the fine-tune must not forget.
+        parent = predict_probabilities(model, replay_x)
+        replay_targets = (1 - config.distill) * _one_hot(replay_y) + config.distill * parent
+        y, replay_y = _one_hot(y), replay_targets.astype(np.float32)
+        tuned.compile(
+            optimizer=_optimizer(schedule),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=["accuracy"],
+        )
+    else:
+        compile_model(tuned, learning_rate=schedule, weight_decay=0.0, label_smoothing=config.label_smoothing)
     dataset = training_mix(x, y, replay_x, replay_y, config)
     validation = None
     if watch is not None and len(watch[1]):
         watch_x, watch_y = _examples(*watch)
-        validation = (watch_x[..., None].astype(np.float32), watch_y)
+        validation = (watch_x[..., None].astype(np.float32), _one_hot(watch_y) if y.ndim == 2 else watch_y)
     tuned.fit(
         dataset,
         epochs=config.epochs,
@@ -118,6 +132,16 @@ def _freeze(model: keras.Model, config: FinetuneConfig) -> None:
         # re-estimate the statistics learnt from 60,000 digits.
         if config.freeze_batchnorm and isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
+
+
+def _one_hot(y: np.ndarray) -> np.ndarray:
+    """Return float32 (N, 10) one-hot rows of integer labels."""
+    return np.eye(NUM_CLASSES, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
+
+
+def _optimizer(schedule: keras.optimizers.schedules.LearningRateSchedule) -> keras.optimizers.Optimizer:
+    """Return the fine-tune's optimizer: AdamW as in training, without weight decay."""
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.0)
 
 
 def _examples(x: np.ndarray, y) -> tuple[np.ndarray, np.ndarray]:
