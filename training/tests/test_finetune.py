@@ -109,3 +109,18 @@ def test_watched_drawings_are_measured_after_each_epoch(base, new_style):
     history = tuned.history.history
     assert len(history["val_accuracy"]) == 2 and len(history["loss"]) == 2
     assert all(0 <= value <= 1 for value in history["val_accuracy"])
+
+
+def test_distilled_replay_keeps_the_parents_answers_not_the_replay_labels(base, new_style):
+    # Replay digits all labelled 0: learnt from their labels they would teach the model to answer 0;
+    # distilled from the parent, they teach it to answer as before.
+    x, y = new_style
+    (x_mnist, y_mnist), _ = load_mnist()
+    digits, truth = x_mnist[2000:2256], y_mnist[2000:2256]
+    wrong = (digits, np.zeros_like(truth))
+    accuracy = {}
+    for distill in (0.0, 1.0):
+        config = FinetuneConfig(epochs=2, batch_size=32, learning_rate=1e-3, augment=None, distill=distill)
+        accuracy[distill] = evaluate(finetune(base, x[:32], y[:32], config, replay=wrong), digits, truth)["accuracy"]
+    assert accuracy[1.0] >= 0.95
+    assert accuracy[0.0] < accuracy[1.0] - 0.2
