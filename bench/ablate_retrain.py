@@ -34,6 +34,7 @@ VARIANTS: dict[str, dict] = {
     "defaults": {},
     "pooled (share 0)": {"reviewed_share": 0.0},
     "share 0.25": {"reviewed_share": 0.25},
+    "share 0.35": {"reviewed_share": 0.35},
     "share 0.5": {"reviewed_share": 0.5},
     "share 0.75": {"reviewed_share": 0.75},
     "lr 1e-4": {"learning_rate": 1e-4},
