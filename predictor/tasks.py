@@ -17,7 +17,17 @@ from predictor.models import RetrainRun
 
 # What a queued run may ask of `manage.py retrain`: its option names as they arrive in handle().
 RUN_OPTIONS = frozenset(
-    {"epochs", "replay", "min_examples", "mnist_margin", "class_margin", "seed", "no_activate", "force"}
+    {
+        "epochs",
+        "replay",
+        "reviewed_share",
+        "min_examples",
+        "mnist_margin",
+        "class_margin",
+        "seed",
+        "no_activate",
+        "force",
+    }
 )
 
 

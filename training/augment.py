@@ -115,7 +115,9 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Return an endless, shuffled tf.data pipeline of (float32 (B, 28, 28, 1), labels) batches."""
     images = np.asarray(x, dtype=np.uint8)[..., None]
-    dataset = tf.data.Dataset.from_tensor_slices((images, np.asarray(y, dtype=np.int32)))
+    # Integer labels, or (N, 10) probability targets (a fine-tune's replay distilled from its parent).
+    targets = np.asarray(y, dtype=np.float32) if np.ndim(y) == 2 else np.asarray(y, dtype=np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets))
     dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=len(images) >= batch_size).repeat()
 

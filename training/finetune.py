@@ -1,8 +1,11 @@
 """Fine-tuning: teach a trained model new examples (reviewed drawings) without forgetting MNIST.
 
 The training code with other values: a copy of the model, recompiled with a low, decaying learning
-rate, the same augmentation pipeline, a few epochs. The caller mixes in an MNIST replay sample
-(the `retrain` command does, with FinetuneConfig.replay_size digits), or passes it as `replay`.
+rate, the same augmentation pipeline, a few epochs. The caller passes an MNIST replay sample as
+`replay` (the `retrain` command does, with FinetuneConfig.replay_size digits). The reviewed drawings
+are few (hundreds) against thousands of replay digits, so each batch draws a fixed share of its
+examples from them (FinetuneConfig.reviewed_share): they are seen many times per run, each time
+augmented differently, while the replay keeps the model's MNIST knowledge in place.
 
     model = export.load(parent_dir)                      # the .keras of the active version
     tuned = finetune(model, x_new, y_new, FinetuneConfig(), replay=replay_sample(...))
@@ -12,12 +15,19 @@ rate, the same augmentation pipeline, a few epochs. The caller mixes in an MNIST
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers
 
+from predictor.inference import NUM_CLASSES
 from predictor.preprocessing import IMAGE_SIZE
 from training.augment import make_dataset
 from training.config import FinetuneConfig
+from training.evaluate import predict_probabilities
 from training.train import compile_model
+
+# Which layers learn, by FinetuneConfig.trainable: every layer, or only the last convolution block and
+# the classifier (the earlier blocks find strokes, which a new hand shares with MNIST).
+TRAINABLE = ("all", "top", "head")
 
 
 def finetune(
@@ -27,34 +37,116 @@ def finetune(
     config: FinetuneConfig,
     *,
     replay: tuple[np.ndarray, np.ndarray] | None = None,
+    watch: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int = 0,
 ) -> keras.Model:
     """Return a fine-tuned copy of `model` (which is left untouched) trained on uint8 (N, 28, 28) x and labels y.
 
-    `replay` (x, y), when given, is mixed into the training data. Any softmax temperature baked
-    into the model stays as it was.
+    `replay` (x, y), when given, is mixed into the training data. `watch` (x, y), when given, is
+    measured after each epoch and nothing else: its loss and accuracy join the per-epoch record
+    (`tuned.history.history`, as "val_loss" and "val_accuracy"), and no choice depends on them.
+    Any softmax temperature baked into the model stays as it was.
     """
     keras.utils.set_random_seed(config.seed)
-    x = np.asarray(x, dtype=np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-    y = np.asarray(y).astype(np.int64)
-    if replay is not None:
-        x = np.concatenate([x, np.asarray(replay[0], dtype=np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)])
-        y = np.concatenate([y, np.asarray(replay[1]).astype(np.int64)])
-    if len(x) == 0:
+    x, y = _examples(x, y)
+    replay_x, replay_y = (
+        _examples(*replay) if replay is not None else _examples(np.zeros((0, IMAGE_SIZE, IMAGE_SIZE)), [])
+    )
+    if len(x) + len(replay_x) == 0:
         raise ValueError("finetune() needs at least one example.")
     tuned = keras.models.clone_model(model)
     tuned.set_weights(model.get_weights())
-    if config.freeze_batchnorm:
-        # A frozen BatchNorm layer also runs in inference mode: a few hundred new drawings must not
-        # re-estimate the statistics learnt from 60,000 digits.
-        for layer in tuned.layers:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.trainable = False
-    steps = max(1, len(x) // config.batch_size)
+    _freeze(tuned, config)
+    steps = max(1, (len(x) + len(replay_x)) // config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=steps * config.epochs, alpha=0.05
     )
-    compile_model(tuned, learning_rate=schedule, weight_decay=0.0, label_smoothing=config.label_smoothing)
-    dataset = make_dataset(x, y, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
-    tuned.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, shuffle=False, verbose=verbose)
+    if config.distill > 0 and len(replay_x):
+        # The replay digits teach what the parent answered, not just their label: the parent's whole
+        # judgement (which digits a 7 resembles, how sure) is what the fine-tune must not forget.
+        parent = predict_probabilities(model, replay_x)
+        replay_targets = (1 - config.distill) * _one_hot(replay_y) + config.distill * parent
+        y, replay_y = _one_hot(y), replay_targets.astype(np.float32)
+        tuned.compile(
+            optimizer=_optimizer(schedule),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=["accuracy"],
+        )
+    else:
+        compile_model(tuned, learning_rate=schedule, weight_decay=0.0, label_smoothing=config.label_smoothing)
+    dataset = training_mix(x, y, replay_x, replay_y, config)
+    validation = None
+    if watch is not None and len(watch[1]):
+        watch_x, watch_y = _examples(*watch)
+        validation = (watch_x[..., None].astype(np.float32), _one_hot(watch_y) if y.ndim == 2 else watch_y)
+    tuned.fit(
+        dataset,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        validation_data=validation,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=verbose,
+    )
     return tuned
+
+
+def training_mix(
+    x: np.ndarray, y: np.ndarray, replay_x: np.ndarray, replay_y: np.ndarray, config: FinetuneConfig
+) -> tf.data.Dataset:
+    """Return the endless batches of a fine-tune: reviewed drawings and replay digits, in the configured shares.
+
+    With `reviewed_share` 0, or either part empty, the two are simply pooled, each example as likely as
+    any other. Otherwise every batch takes about that share of its examples from the reviewed drawings.
+    """
+    share = config.reviewed_share
+    if share <= 0 or len(x) == 0 or len(replay_x) == 0:
+        pooled_x, pooled_y = np.concatenate([x, replay_x]), np.concatenate([y, replay_y])
+        return make_dataset(pooled_x, pooled_y, batch_size=config.batch_size, seed=config.seed, augment=config.augment)
+    # Examples, not batches, are sampled from the two streams, so the share holds within each batch.
+    reviewed = _examples_stream(x, y, config, seed=config.seed, augment=config.augment_reviewed)
+    replayed = _examples_stream(replay_x, replay_y, config, seed=config.seed + 1)
+    mixed = tf.data.Dataset.sample_from_datasets([reviewed, replayed], [share, 1 - share], seed=config.seed)
+    return mixed.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _examples_stream(
+    x: np.ndarray, y: np.ndarray, config: FinetuneConfig, *, seed: int, augment: bool = True
+) -> tf.data.Dataset:
+    """Return an endless stream of single (pixels, label) examples of x and y, augmented unless told not to."""
+    batch = min(config.batch_size, len(x))
+    return make_dataset(x, y, batch_size=batch, seed=seed, augment=config.augment if augment else None).unbatch()
+
+
+def _freeze(model: keras.Model, config: FinetuneConfig) -> None:
+    """Mark the layers that must not learn in this fine-tune as not trainable."""
+    if config.trainable not in TRAINABLE:
+        raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}, not {config.trainable!r}.")
+    convolutions = [i for i, layer in enumerate(model.layers) if isinstance(layer, layers.Conv2D)]
+    first_learning = {"all": 0, "top": convolutions[-1], "head": convolutions[-1] + 1}[config.trainable]
+    for i, layer in enumerate(model.layers):
+        if i < first_learning:
+            layer.trainable = False
+        # A frozen BatchNorm layer also runs in inference mode: a few hundred new drawings must not
+        # re-estimate the statistics learnt from 60,000 digits.
+        if config.freeze_batchnorm and isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+
+
+def _one_hot(y: np.ndarray) -> np.ndarray:
+    """Return float32 (N, 10) one-hot rows of integer labels."""
+    return np.eye(NUM_CLASSES, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
+
+
+def _optimizer(schedule: keras.optimizers.schedules.LearningRateSchedule) -> keras.optimizers.Optimizer:
+    """Return the fine-tune's optimizer: AdamW as in training, without weight decay."""
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.0)
+
+
+def _examples(x: np.ndarray, y) -> tuple[np.ndarray, np.ndarray]:
+    """Return x as uint8 (N, 28, 28) and y as int64 (N,)."""
+    return (
+        np.asarray(x, dtype=np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE),
+        np.asarray(y).astype(np.int64).reshape(-1),
+    )

@@ -84,6 +84,7 @@ class Score:
     accuracy: float | None  # None when the set is empty
     loss: float | None = None
     per_class: list[float | None] | None = None  # accuracy per true digit
+    confusion: list[list[int]] | None = None  # counts: row = true digit, column = predicted
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def score(tflite: Path, dataset: Dataset, x_test: np.ndarray, y_test: np.ndarray
         if len(y) == 0:
             return Score(0, None)
         result = evaluate(classifier, x, y)
-        return Score(len(y), result["accuracy"], result["loss"], result["per_class_accuracy"])
+        return Score(len(y), result["accuracy"], result["loss"], result["per_class_accuracy"], result["confusion"])
 
     return Scores(
         heldout=on(dataset.heldout.x, dataset.heldout.y),

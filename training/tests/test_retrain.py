@@ -118,6 +118,12 @@ def test_retrain_learns_from_reviewed_drawings_serves_the_result_and_rolls_back(
     }
     for key in ("mnist_test_accuracy", "heldout_accuracy", "train_accuracy", "train_seconds", "tflite_bytes"):
         assert key in new.metrics
+    # What the version page draws: the curves of the run (held-out drawings per epoch) and both confusions.
+    history = new.metrics["history"]
+    assert len(history["loss"]) == len(history["val_accuracy"]) == 1
+    assert history["val_accuracy"][0] == pytest.approx(new.metrics["heldout_accuracy"], abs=0.02)
+    assert np.sum(new.metrics["confusion"]) == 10000
+    assert np.sum(new.metrics["confusion_heldout"]) == data["sizes"]["heldout"]
     assert new.metrics["before"]["version"] == 1 and new.metrics["gate"]["passed"] is True
     assert (
         len(new.metrics["gate"]["class_deltas"]) == 10 and new.metrics["gate"]["label_shift"]["reference"] == "uniform"
@@ -471,3 +477,10 @@ def test_force_and_no_activate_cannot_be_combined(reviewed, settings):
     with pytest.raises(CommandError, match="not allowed with"):
         retrain(*TINY, "--force", "--no-activate")
     assert site_state(settings) == before
+
+
+@pytest.mark.parametrize("share", ["1", "-0.1", "1.5"])
+def test_a_reviewed_share_outside_0_to_1_is_refused_before_anything_runs(active_model, share):
+    with pytest.raises(CommandError, match=f"--reviewed-share must be at least 0 and below 1, not {share}"):
+        retrain("--reviewed-share", share)
+    assert not RetrainRun.objects.exists()

@@ -58,6 +58,13 @@ class Command(BaseCommand):
             metavar="N",
             help=f"MNIST training digits mixed in (default {FinetuneConfig.replay_size})",
         )
+        parser.add_argument(
+            "--reviewed-share",
+            type=float,
+            metavar="SHARE",
+            help="share of each training batch taken from the reviewed drawings, 0 to 1; 0 pools them with the "
+            f"replay digits (default {FinetuneConfig.reviewed_share:g})",
+        )
         # Defaults are None and resolved in handle(), so a run records only the options it was given.
         parser.add_argument(
             "--min-examples",
@@ -95,8 +102,15 @@ class Command(BaseCommand):
         parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        share = options["reviewed_share"]
+        if share is not None and not 0 <= share < 1:
+            raise CommandError(f"--reviewed-share must be at least 0 and below 1, not {share:g}.")
         self.config = override(
-            FinetuneConfig(), epochs=options["epochs"], replay_size=options["replay"], seed=options["seed"]
+            FinetuneConfig(),
+            epochs=options["epochs"],
+            replay_size=options["replay"],
+            reviewed_share=share,
+            seed=options["seed"],
         )
         self.min_examples = first_given(options["min_examples"], settings.DIGIT_RETRAIN_MIN_EXAMPLES)
         self.mnist_margin = first_given(options["mnist_margin"], settings.DIGIT_RETRAIN_MNIST_MARGIN)
@@ -229,8 +243,13 @@ class Command(BaseCommand):
                 f'{self.min_examples}. Label more in the admin (Drawings, filter "Needs review"), '
                 "or lower --min-examples."
             )
+        mix = (
+            f"{self.config.reviewed_share:.0%} of each batch from the reviewed drawings"
+            if self.config.reviewed_share > 0
+            else "reviewed drawings pooled with the replay"
+        )
         self.stdout.write(
-            f"Fine-tuning: {self.config.epochs} epochs, learning rate {self.config.learning_rate:g}, "
+            f"Fine-tuning: {self.config.epochs} epochs, learning rate {self.config.learning_rate:g}, {mix}, "
             f"augmentation {'on' if self.config.augment else 'off'}, seed {self.config.seed}"
         )
         return parent, dataset, shift
@@ -261,7 +280,16 @@ class Command(BaseCommand):
                 runs.RunLog(run, echo=sys.stdout, on_line=self.epoch_progress) as keras_output,
                 contextlib.redirect_stdout(keras_output),
             ):
-                model = finetune(model, dataset.train.x, dataset.train.y, self.config, replay=replay, verbose=verbose)
+                model = finetune(
+                    model,
+                    dataset.train.x,
+                    dataset.train.y,
+                    self.config,
+                    replay=replay,
+                    # Measured after each epoch for the record (the version page's curves), never chosen on.
+                    watch=(dataset.heldout.x, dataset.heldout.y),
+                    verbose=verbose,
+                )
             fit_seconds = time.perf_counter() - fit_started
             self.step("exporting")
             try:
@@ -295,6 +323,10 @@ class Command(BaseCommand):
                 **after.accuracies(),
                 "mnist_test_loss": after.mnist.loss,
                 "per_class_accuracy": after.mnist.per_class,
+                # Per epoch: loss and accuracy on the training mix, and on the held-out reviewed drawings.
+                "history": {key: [float(v) for v in values] for key, values in model.history.history.items()},
+                "confusion": after.mnist.confusion,
+                "confusion_heldout": after.heldout.confusion,
                 "heldout_size": after.heldout.size,
                 "before": {"version": parent.version, **before.accuracies()},
                 "gate": {
