@@ -590,7 +590,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
             (_("Loss per epoch"), ("loss", "val_loss"), False),
             (_("Accuracy per epoch"), ("accuracy", "val_accuracy"), True),
         ):
-            names = (_("training"), _("validation"))
+            # A retrain measures the held-out reviewed drawings after each epoch; training, its validation set.
+            names = (_("training"), _("held-out reviewed") if version.parent_id else _("validation"))
             series = {str(name): history[key] for key, name in zip(keys, names) if key in history}
             try:
                 chart = charts.line_chart(series, title=str(title), percent=percent, mark=mark, mark_label=mark_label)
@@ -605,6 +606,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         for key, title in (
             ("confusion", _("MNIST test digits")),
             ("confusion_canvas", _("Canvas-style validation drawings")),
+            ("confusion_heldout", _("Held-out reviewed drawings")),
         ):
             matrix = _metrics(version).get(key)
             if not isinstance(matrix, list) or not all(isinstance(row, list) for row in matrix):

@@ -123,7 +123,24 @@ def test_retrained_version_page_compares_with_its_parent_and_links_its_ancestry(
     ]
     for shown in ("reviewed drawings held out to judge it", "5,000", "41 s", "64 s"):
         assert shown in html, shown
-    assert html.count("Not recorded for this version.") == 2  # no curves and no confusion matrix from retrain
+    assert html.count("Not recorded for this version.") == 2  # a record from before retrain kept its curves
+
+
+@pytest.mark.django_db
+def test_retrained_version_page_draws_its_epochs_and_its_held_out_confusion(reviewer_client, model_version):
+    identity = [[10 if row == column else 0 for column in range(10)] for row in range(10)]
+    version = retrained_version(
+        model_version,
+        history={"loss": [0.4, 0.3], "accuracy": [0.9, 0.93], "val_loss": [0.5, 0.45], "val_accuracy": [0.8, 0.9]},
+        confusion=[[1000 if row == column else 0 for column in range(10)] for row in range(10)],
+        confusion_heldout=identity,
+    )
+    html = outside_details(version_page(reviewer_client, version))
+
+    assert html.count('<svg class="chart" role="img"') == 4  # loss and accuracy curves, two confusion matrices
+    assert "held-out reviewed" in html and "Held-out reviewed drawings" in html
+    assert "100 of 100 right" in html  # the held-out confusion matrix, described in words
+    assert "Not recorded for this version." not in html
 
 
 @pytest.mark.django_db
