@@ -239,15 +239,17 @@ def run(hands: list[Hand], options, directory: Path) -> list[dict]:
 
             # A visitor keeps drawing while the model is retrained and swapped: no request may fail.
             traffic = Traffic(site, ordinary_pngs)
-            traffic.start()
+            if options.traffic:
+                traffic.start()
             seconds, report = run_command(directory, "retrain", *options.retrain_options)
             cpu = bench_retrain.last_cpu_seconds
             print(f"\nretrain with {hand.name}'s {len(answers)} reviews added:\n\n```\n{report.rstrip()}\n```")
             new = ModelVersion.objects.order_by("-version").first()
             served = ModelVersion.objects.get(is_active=True)
             switch = wait_for_version(site, ordinary_pngs[0], served.version)
-            time.sleep(1)
-            traffic.stop()
+            if options.traffic:
+                time.sleep(1)
+                traffic.stop()
             print(
                 f"retrain took {seconds:.0f} s ({cpu:.0f} s CPU); "
                 + (
@@ -255,8 +257,12 @@ def run(hands: list[Hand], options, directory: Path) -> list[dict]:
                     if new.is_active
                     else f"v{new.version} was NOT activated (see the report): the site still serves v{served.version}"
                 )
-                + f"; meanwhile a visitor sent {traffic.requests} drawings, {traffic.failures} failed, "
-                f"versions answering in turn: {' -> '.join(map(str, traffic.versions))}"
+                + (
+                    f"; meanwhile a visitor sent {traffic.requests} drawings, {traffic.failures} failed, "
+                    f"versions answering in turn: {' -> '.join(map(str, traffic.versions))}"
+                    if options.traffic
+                    else ""
+                )
             )
             versions.append(served.version)
             retrains.append({"hand": hand.name, "seconds": seconds, "cpu": cpu, "served": bool(new.is_active)})
@@ -344,6 +350,9 @@ def print_summary(rows: list[dict]) -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for row in rows:
+        if row.get("failed"):
+            print(f"| {row['hand']} | the run failed: see its output above | | | | | | | | |")
+            continue
         removed = 1 - row["errors_after"] / row["errors_before"] if row["errors_before"] else 0.0
         missed = [
             name
@@ -401,6 +410,9 @@ def parse_options(argv: list[str] | None):
     parser.add_argument("--lock", type=Path, help="hold an exclusive flock on this file during each run")
     parser.add_argument("--rollback", action="store_true", help="activate the starting model again at the end")
     parser.add_argument("--keep", type=Path, help="build the scratch sites here and keep them")
+    parser.add_argument(
+        "--no-traffic", dest="traffic", action="store_false", help="no visitor drawing while retrain runs"
+    )
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # where a child run writes its rows
     parser.add_argument("retrain_options", nargs="*", help="extra options for retrain, after --")
     options = parser.parse_args(argv)
@@ -442,11 +454,12 @@ def main(argv: list[str] | None = None) -> None:
             child = [sys.executable, __file__, "--hands", ",".join(names), "--result", str(result)]
             child += ["--reviewed", str(options.reviewed), "--held-out", str(options.held_out)]
             child += ["--mnist", str(options.mnist), "--model", str(options.model)]
-            child += ["--rollback"] * options.rollback
+            child += ["--rollback"] * options.rollback + ["--no-traffic"] * (not options.traffic)
             child += ["--keep", str(options.keep / names[0])] if options.keep else []
             with locked(options.lock):
-                subprocess.run([*child, "--", *options.retrain_options], check=True)
-            rows += json.loads(result.read_text())
+                failed = subprocess.run([*child, "--", *options.retrain_options]).returncode
+            # A run that failed (its output says why) does not stop the others.
+            rows += [{"hand": name, "failed": True} for name in names] if failed else json.loads(result.read_text())
             print()
     print_summary(rows)
 
