@@ -52,6 +52,7 @@ from bench_retrain import (  # noqa: E402
 from hands import CANVAS, HANDS, HELD_OUT_DIGITS, REVIEWED_DIGITS, Hand, hand_seed  # noqa: E402
 
 ORDINARY_DIGITS = slice(30_000, 30_500)  # MNIST training digits redrawn as ordinary canvas drawings
+DIGIT_ORDER_SEED = 8  # fixes which MNIST digits each hand's slice of a range holds
 CLIENTS = 4  # requests in flight while measuring: enough to keep gunicorn's 2 workers busy
 # The targets of issue 15, with retrain's defaults, for every hand.
 TARGET_REMOVED = 0.6  # share of the shipped model's errors on the held-out drawings removed
@@ -181,7 +182,7 @@ def hand_drawings(hand: Hand, position: int, options, x_train: np.ndarray, y_tra
         ("held-out", HELD_OUT_DIGITS, options.held_out),
     ):
         # One fixed shuffle of the range, cut into slices: the n-th hand of a sequence gets the n-th slice.
-        order = np.random.default_rng(len(part)).permutation(np.arange(digits.start, digits.stop))
+        order = np.random.default_rng(DIGIT_ORDER_SEED).permutation(np.arange(digits.start, digits.stop))
         picked = order[position * count : (position + 1) * count]
         if len(picked) < count:
             raise SystemExit(f"not enough MNIST digits in {digits} for {position + 1} hands of {count}")
@@ -416,6 +417,8 @@ def parse_options(argv: list[str] | None):
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # where a child run writes its rows
     parser.add_argument("retrain_options", nargs="*", help="extra options for retrain, after --")
     options = parser.parse_args(argv)
+    if not 1 <= options.mnist <= 10_000:
+        parser.error("--mnist takes 1 to 10000 (the MNIST test digits)")
     names = (options.sequence or options.hands).split(",")
     unknown = [name for name in names if name not in HANDS]
     if unknown:
