@@ -325,6 +325,7 @@ def summary_rows(hands: list[Hand], retrains: list[dict], measured: Measured) ->
             before, after = measured.held_out[hand.name][0], measured.held_out[hand.name][stage]
             rows.append(
                 {
+                    **retrain,
                     "hand": hand.name if hand.name == retrain["hand"] else f"{hand.name}, after {retrain['hand']}",
                     "held_out": len(before),
                     "errors_before": int((~before).sum()),
@@ -332,7 +333,6 @@ def summary_rows(hands: list[Hand], retrains: list[dict], measured: Measured) ->
                     "mnist_api": float(mnist_api[stage].mean() - mnist_api[0].mean()),
                     "mnist_tflite": float(mnist_tflite[stage].mean() - mnist_tflite[0].mean()),
                     "class_deltas": classes.tolist(),
-                    **retrain,
                 }
             )
     return rows
