@@ -41,7 +41,7 @@ class Hand:
     name: str
     description: str  # one sentence, for docs and reports
     size: tuple[float, float] = (0.5, 0.8)  # digit height / canvas height
-    pen: tuple[float, float] | None = None  # pen width / digit height; None = the page's pen
+    pen: tuple[float, float] | None = None  # pen width / digit height; neither this nor pen_pixels: the page's pen
     pen_pixels: tuple[float, float] | None = None  # pen width in canvas pixels, when the pen is fixed
     outline: tuple[float, float] | None = None  # bubble digits: the outline's pen / digit height
     slant: tuple[float, float] | None = None  # degrees from upright after deskewing, forward positive
