@@ -5,7 +5,7 @@ A scratch site (SQLite database, media and model folders in a temporary folder) 
 --model registered as version 1 and --drawings canvas-style drawings of MNIST training digits, made
 through the prediction service and labelled through the review service, as a reviewer would. Then
 `manage.py retrain` runs in a fresh process and the wall time of that process is reported.
-The helpers here are shared with bench/demo_style_retrain.py.
+The helpers here are shared with bench/bench_style_retrain.py.
 """
 
 import argparse
