@@ -223,7 +223,10 @@ class Command(BaseCommand):
         if parent is None:
             raise CommandError("No model version is active: register one with `manage.py register_base_model`.")
         self.step("reading reviewed drawings")
-        drawings = selectors.finetuning_dataset().only("id", "image", "true_label").iterator(chunk_size=500)
+        # Read into a list first (three small columns a row): on SQLite, a read left open while the
+        # heartbeat writes makes that write fail with "database is locked" once a visitor's drawing
+        # has been stored meanwhile, whatever the busy timeout.
+        drawings = list(selectors.finetuning_dataset().only("id", "image", "true_label"))
         # The stored image through the serving preprocessing, so training sees what serving would see today.
         dataset = retraining.build_dataset(self.reading(selectors.drawing_inputs(drawings)))
         shift = measure_shift_since(parent, dataset)
