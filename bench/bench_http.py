@@ -18,9 +18,10 @@ moment of the shared machine hits them all; the summary gives medians and their 
     python bench/bench_http.py --set CONN_MAX_AGE=0 --set CONN_MAX_AGE=60   # variants of the environment
     python bench/bench_http.py --breakdown                       # also: CPU per part of a request, in-process
 
-A server is `default` (what this code's `make serve` runs), `gunicorn` (gunicorn with the code's own
-gunicorn.conf.py, as `make serve` ran it before Granian), `gthread:WxT` and `sync:W` (gunicorn, W workers
-of T threads) or `granian:WxT` (Granian's WSGI server, W workers of T blocking threads).
+A server is `default` (what `make serve` runs: digitsite/serve.py, Granian), `granian:WxT` (the same with
+W workers of T threads), `gthread:WxT` and `sync:W` (gunicorn, W workers of T threads) or `gunicorn` (with
+the code's own gunicorn.conf.py: how `make serve` served the site before Granian, and the default server of
+`--baseline`).
 """
 
 import argparse
@@ -143,65 +144,44 @@ def scratch_site(database: str, postgres_url: str, overrides: dict | None = None
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def server_command(server: str, port: int) -> list[str]:
-    """Return the command that serves the site on `port` with the server `server` (see the module's docstring)."""
+def server_command(server: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """Return the command and environment that serve the site on `port` with `server` (see the module's docstring)."""
     python = sys.executable
-    if server == DEFAULT_SERVER:
-        server = "gunicorn"
     kind, _, shape = server.partition(":")
     workers, _, threads = shape.partition("x")
-    if kind == "granian":
-        return [
-            python,
-            "-m",
-            "granian",
-            "--interface",
-            "wsgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            workers or "2",
-            "--blocking-threads",
-            threads or "1",
-            "--no-ws",
-            "--log-level",
-            "warning",
-            "digitsite.wsgi:application",
-        ]
-    command = [str(Path(python).with_name("gunicorn")), "digitsite.wsgi", "--bind", f"127.0.0.1:{port}"]
-    if kind == "gunicorn":  # the code's own gunicorn.conf.py decides
-        return command
+    if kind in (DEFAULT_SERVER, "granian"):
+        # digitsite/serve.py, as `make serve` runs it; WORKERS and THREADS as given, else its own defaults.
+        sizes = {"WORKERS": workers, "THREADS": threads or "1"} if kind == "granian" else {}
+        return [python, "-m", "digitsite.serve"], {"HOST": "127.0.0.1", "PORT": str(port), **sizes}
+    command = [python, "-m", "gunicorn", "digitsite.wsgi", "--bind", f"127.0.0.1:{port}"]
+    if kind == "gunicorn":  # the code's own gunicorn.conf.py decides (make serve before Granian)
+        return command, {}
     if kind not in ("gthread", "sync"):
         raise ValueError(f"unknown server {server!r}: default, gunicorn, gthread:WxT, sync:W or granian:WxT")
-    return [*command, "--worker-class", kind, "--workers", workers or "2", "--threads", threads or "1"]
-
-
-def gunicorn_command(port: int, workers: int, threads: int, worker_class: str) -> list[str]:
-    """Return the gunicorn command with these workers, on the given port."""
-    return server_command(f"{worker_class}:{workers}x{threads}", port)
+    return [*command, "--worker-class", kind, "--workers", workers or "2", "--threads", threads or "1"], {}
 
 
 @contextlib.contextmanager
 def running_server(
     env: dict,
     *,
-    workers: int = 2,
-    threads: int = 4,
-    worker_class: str = "gthread",
-    server: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    server: str = DEFAULT_SERVER,
     code: Path = BASE_DIR,
 ):
     """Yield (base URL, server process) once /api/health/ answers 200; stop the server after.
 
-    `server` (see server_command) wins over `workers`, `threads` and `worker_class`.
+    `workers` and `threads` (Granian's, as `make serve` runs it) win over `server` (see server_command).
     """
+    if workers or threads:
+        server = f"granian:{workers or ''}x{threads or 1}"
     port = free_port()
+    command, server_env = server_command(server, port)
     process = subprocess.Popen(
-        server_command(server or f"{worker_class}:{workers}x{threads}", port),
+        command,
         cwd=code,
-        env=env,
+        env={**env, **server_env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -216,7 +196,7 @@ def running_server(
             except (OSError, urllib.error.HTTPError):
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{server or worker_class} did not become healthy")
+                raise RuntimeError(f"{server} did not become healthy")
             time.sleep(0.1)
         yield base, process
     finally:
@@ -572,7 +552,9 @@ def main() -> None:
                     running_server(variant.env, server=variant.server, code=variant.code)
                 )
                 variant.base, variant.pid = base, process.pid
-                print(f"{variant.label}: {' '.join(server_command(variant.server, 0)[1:])} in {variant.code}")
+                command, server_env = server_command(variant.server, 0)
+                sizes = " ".join(f"{k}={v}" for k, v in server_env.items() if k in ("WORKERS", "THREADS") and v)
+                print(f"{variant.label}: {' '.join(filter(None, [sizes, *command[1:]]))} in {variant.code}")
             for variant in variants:
                 if args.warmup:
                     run_wrk(variant.base, bodies_file, 8, args.warmup)
