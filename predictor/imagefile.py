@@ -4,8 +4,9 @@ Everything here judges the file, not the drawing in it: what is not a PNG, JPEG 
 damaged, is larger than the limits or is encoded in a way that costs more to decode than its size allows
 is refused from its header, before any decoding. The limits come from what canvases send, not from
 what decoders could read: the drawing page sends 280x280, a phone drawing at devicePixelRatio 3 about
-1200x1200. `predictor.preprocessing` turns the decoded pixels into the model's input, and
-`encode_stored_png` makes the file that is kept: the decoded pixels again, never the submitted bytes.
+1200x1200. `predictor.preprocessing` turns the decoded pixels into the model's input, and `stored_png`
+gives the file that is kept: a PNG of the decoded pixels and nothing else, which is the submitted file
+itself when that is already such a PNG (what canvases send), else one made from the pixels.
 """
 
 import base64
@@ -49,6 +50,9 @@ SAMPLE_ROWS = 16
 ACCEPTED_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour types kept as submitted when 8 bits deep, with the channels they decode to: grey (0), truecolour
+# (2) and truecolour with alpha (6). Grey with alpha and palettes decode to another layout.
+STORED_COLOUR_CHANNELS = {0: 1, 2: 3, 6: 4}
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 # PNG colour types (IHDR byte 25) decoded by libspng when 8 bits deep and without a transparent colour
 # (tRNS): truecolour (2) and truecolour with alpha (6), what canvases export. Every other PNG, JPEG and
@@ -190,6 +194,58 @@ def encode_png(pixels: np.ndarray) -> bytes:
         raise ValueError(f"expected a 2-D greyscale image, got shape {pixels.shape}")
     grey = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     return cv2.imencode(".png", grey)[1].tobytes()
+
+
+def stored_png(data: bytes, pixels: np.ndarray) -> bytes:
+    """Return the PNG kept for a drawing submitted as `data` and decoded to `pixels`.
+
+    It is `data` itself when that is already a PNG of exactly these pixels and nothing else, within the
+    stored bounds (see `_is_stored_form`): what a canvas exports, kept as sent, since making another PNG
+    of it would cost more than all the rest of its image work. Any other file is stored as
+    `encode_stored_png(pixels)`. Either way the stored file decodes to `pixels`.
+    """
+    return data if _is_stored_form(data, pixels) else encode_stored_png(pixels)
+
+
+def _is_stored_form(data: bytes, pixels: np.ndarray) -> bool:
+    """Return whether `data` is an 8-bit, non-interlaced grey, RGB or RGBA PNG of `pixels`'s shape and nothing else.
+
+    Nothing else: only IHDR, IDAT and IEND chunks, each with its CRC right, nothing after IEND, and image
+    data that inflates to exactly the image's rows, with its checksum right and nothing after the end of
+    its stream (where decoders look no further, and bytes could hide). At most STORED_MAX_BYTES and
+    STORED_MAX_SIDE, as any stored file.
+    """
+    if len(data) > STORED_MAX_BYTES or len(data) < 33 or not data.startswith(PNG_SIGNATURE):
+        return False
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    channels = STORED_COLOUR_CHANNELS.get(colour)
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    if depth != 8 or channels is None or (compression, filtering, interlace) != (0, 0, 0) or pixels.shape != shape:
+        return False
+    if max(width, height) > STORED_MAX_SIDE:
+        return False
+    kinds, image_data = [], []
+    view = memoryview(data)
+    position = len(PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        end = position + 8 + length
+        if end + 4 > len(data) or zlib.crc32(view[position + 4 : end]) != struct.unpack(">I", data[end : end + 4])[0]:
+            return False
+        kinds.append(kind := data[position + 4 : position + 8])
+        if kind == b"IDAT":
+            image_data.append(view[position + 8 : end])
+        position = end + 4
+    if position != len(data) or kinds[0] != b"IHDR" or kinds[-1] != b"IEND" or set(kinds[1:-1]) != {b"IDAT"}:
+        return False
+    rows = height * (1 + width * channels)  # each row: its filter byte, then its samples
+    inflater = zlib.decompressobj()
+    try:
+        # At most one byte more than the rows: enough to tell that there is more, without inflating it.
+        inflated = inflater.decompress(b"".join(image_data), rows + 1)
+    except zlib.error:
+        return False
+    return len(inflated) == rows and inflater.eof and not inflater.unused_data and not inflater.unconsumed_tail
 
 
 def encode_stored_png(pixels: np.ndarray) -> bytes:
