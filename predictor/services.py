@@ -47,9 +47,9 @@ def visitor_for_session(session, *, create: bool) -> str | None:
 def drawing_create(*, data: bytes, visitor: str) -> Drawing:
     """Return a new stored Drawing with the active model's prediction for the image bytes `data`.
 
-    What is stored is a PNG of its pixels and nothing else (`stored_png`: `data` itself when it is already
-    one, as a canvas's export is; else one made from the pixels): no metadata, at most 256 KB, a drawing
-    pixel for pixel. The row keeps the size as submitted.
+    What is stored is a PNG of its pixels and nothing else (`stored_png`: the submitted PNG's own image
+    chunks when they hold exactly its pixels, as a canvas's export does; else one made from the pixels):
+    no metadata, at most 256 KB, a drawing pixel for pixel. The row keeps the size as submitted.
     """
     started = time.perf_counter()
     steps = preprocess_steps(data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS, max_side=settings.DIGIT_MAX_IMAGE_SIDE)

@@ -266,3 +266,20 @@ def test_a_png_larger_than_the_stored_bound_is_not_kept_as_sent():
     data = handmade_png(pixels, compress=lambda rows: zlib.compress(rows, 0))  # not compressed: 360 kB
     assert len(data) > STORED_MAX_BYTES
     assert len(stored_png(data, decode_image(data))) <= STORED_MAX_BYTES
+
+
+def test_a_png_with_other_chunks_is_stored_as_its_own_image_chunks_alone(active_model, mnist_train):
+    images, _ = mnist_train
+    data = canvas_png(images[0])
+    others = png_chunk(b"tEXt", b"Comment\x00my secret") + png_chunk(b"sRGB", b"\x00") + png_chunk(b"pHYs", b"\0" * 9)
+    padded = data[:33] + others + data[33:] + b"my secret after the end"
+    stored = stored_bytes(services.drawing_create(data=padded, visitor="v"))
+    assert stored == data  # the same image data, not encoded again
+
+
+def test_a_png_with_a_transparent_colour_is_stored_made_anew():
+    pixels = np.ascontiguousarray(rgba_drawing()[..., :3])
+    plain = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))[1].tobytes()
+    data = plain[:33] + png_chunk(b"tRNS", b"\0\xff\0\xff\0\xff") + plain[33:]
+    decoded = decode_image(data)
+    assert stored_png(data, decoded) == encode_stored_png(decoded)
