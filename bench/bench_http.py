@@ -326,7 +326,7 @@ def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
 
     from predictor import imagefile, model_cache, services
     from predictor.api import PredictionOutputSerializer
-    from predictor.imagefile import decode_payload, encode_stored_png
+    from predictor.imagefile import decode_payload, encode_stored_png, stored_png
     from predictor.preprocessing import preprocess, preprocess_steps
 
     logging.getLogger("django.request").setLevel(logging.ERROR)  # the refused requests below are expected
@@ -355,7 +355,10 @@ def breakdown(urls: list[str], rounds: int = 5, count: int = 200) -> None:
         ),
         "  preprocess (decode included)": lambda n: preprocess(images[n % len(images)]),
         "  inference (Classifier.predict)": lambda n: classifier.predict(pixels),
-        "  stored PNG made from the pixels": lambda n: encode_stored_png(decoded[n % len(decoded)]),
+        "  stored copy as served (stored_png: checked, kept)": lambda n: stored_png(
+            images[n % len(images)], decoded[n % len(decoded)]
+        ),
+        "  stored PNG made from the pixels (other files)": lambda n: encode_stored_png(decoded[n % len(decoded)]),
         "  drawing_create (preprocess, inference, file, row)": lambda n: services.drawing_create(
             data=images[n % len(images)], visitor="breakdown"
         ),
