@@ -52,8 +52,9 @@ run: setup
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 # The site as in production: Granian (digitsite/serve.py: one worker per core unless WORKERS says, THREADS
-# per worker), DEBUG off, static files collected for whitenoise. It serves plain HTTP here, so DIGIT_HTTPS defaults to false; set
-# DIGIT_HTTPS=true behind TLS. SECRET_KEY comes from the environment or var/secret_key (made once).
+# per worker), DEBUG off, static files collected for whitenoise. It serves plain HTTP here, so DIGIT_HTTPS
+# defaults to false; set DIGIT_HTTPS=true behind TLS. SECRET_KEY comes from the environment or
+# var/secret_key (made once).
 serve: export DEBUG = false
 serve: export DIGIT_HTTPS ?= false
 serve: install-serving var/secret_key
