@@ -51,9 +51,10 @@ run: setup
 	trap 'kill $$worker 2>/dev/null' INT TERM EXIT; \
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-# The site as in production: gunicorn (gunicorn.conf.py; WORKERS and THREADS), DEBUG off, static files
-# collected for whitenoise. It serves plain HTTP here, so DIGIT_HTTPS defaults to false; set
-# DIGIT_HTTPS=true behind TLS. SECRET_KEY comes from the environment or var/secret_key (made once).
+# The site as in production: Granian (digitsite/serve.py: one worker per core unless WORKERS says, THREADS
+# per worker), DEBUG off, static files collected for whitenoise. It serves plain HTTP here, so DIGIT_HTTPS
+# defaults to false; set DIGIT_HTTPS=true behind TLS. SECRET_KEY comes from the environment or
+# var/secret_key (made once).
 serve: export DEBUG = false
 serve: export DIGIT_HTTPS ?= false
 serve: install-serving var/secret_key
@@ -62,7 +63,7 @@ serve: install-serving var/secret_key
 	$(BIN)/python manage.py createcachetable && \
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0 && \
 	$(BIN)/python manage.py register_base_model && \
-	exec $(BIN)/gunicorn digitsite.wsgi --bind $(HOST):$(PORT) --workers $${WORKERS:-2} --threads $${THREADS:-4}
+	HOST=$(HOST) PORT=$(PORT) exec $(BIN)/python -m digitsite.serve
 
 var/secret_key:
 	mkdir -p var

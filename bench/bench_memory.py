@@ -1,13 +1,13 @@
 """Start-up time and memory of the site served as `make serve` serves it.
 
-Starts gunicorn on a scratch SQLite site (see bench_http.py), measures the time from launching gunicorn
-to the first answered prediction, sends a bounded number of predictions from several clients (each on
+Starts the server as `make serve` does (digitsite/serve.py) on a scratch SQLite site (see bench_http.py),
+measures the time from launching it to the first answered prediction, sends a bounded number of predictions from several clients (each on
 fresh connections, so both workers get their share), then prints the resident size of each process:
 RSS (what `ps` shows; pages shared with the master after fork count in every worker), PSS (shared pages
 split between the processes that share them) and USS (the worker's own pages).
 
     python bench/bench_memory.py
-    python bench/bench_memory.py --predictions 1000 --clients 8 --workers 2 --threads 4
+    python bench/bench_memory.py --predictions 1000 --clients 8 --workers 2 --threads 1
 """
 
 import argparse
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_http import BASE_DIR, canvas_data_urls, free_port, gunicorn_command, machine, scratch_site  # noqa: E402
+from bench_http import BASE_DIR, canvas_data_urls, free_port, machine, scratch_site, server_command  # noqa: E402
 
 
 def post(port: int, body: bytes) -> int:
@@ -54,20 +54,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--predictions", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "2")))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "4")))
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or len(os.sched_getaffinity(0))))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS") or 1))
     args = parser.parse_args()
 
     print("machine:", json.dumps(machine()))
-    print(f"server: gunicorn gthread, {args.workers} workers x {args.threads} threads; database: sqlite")
+    print(f"server: digitsite.serve (Granian), {args.workers} workers x {args.threads} threads; database: sqlite")
     bodies = [json.dumps({"image": url}).encode() for url in canvas_data_urls(8)]
     with scratch_site("sqlite", "") as env:
         port = free_port()
         started = time.perf_counter()
+        command, server_env = server_command(f"granian:{args.workers}x{args.threads}", port)
         server = subprocess.Popen(
-            gunicorn_command(port, args.workers, args.threads, "gthread"),
+            command,
             cwd=BASE_DIR,
-            env=env,
+            env={**env, **server_env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -80,9 +81,9 @@ def main() -> None:
                 except OSError:
                     pass
                 if server.poll() is not None or time.perf_counter() > deadline:
-                    sys.exit("gunicorn did not answer a prediction within 60 s")
+                    sys.exit("the server did not answer a prediction within 60 s")
                 time.sleep(0.01)
-            print(f"first prediction answered {time.perf_counter() - started:.2f} s after gunicorn was launched")
+            print(f"first prediction answered {time.perf_counter() - started:.2f} s after the server was launched")
 
             statuses = []
             per_client = args.predictions // args.clients

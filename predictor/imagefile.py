@@ -4,8 +4,9 @@ Everything here judges the file, not the drawing in it: what is not a PNG, JPEG 
 damaged, is larger than the limits or is encoded in a way that costs more to decode than its size allows
 is refused from its header, before any decoding. The limits come from what canvases send, not from
 what decoders could read: the drawing page sends 280x280, a phone drawing at devicePixelRatio 3 about
-1200x1200. `predictor.preprocessing` turns the decoded pixels into the model's input, and
-`encode_stored_png` makes the file that is kept: the decoded pixels again, never the submitted bytes.
+1200x1200. `predictor.preprocessing` turns the decoded pixels into the model's input, and `stored_png`
+gives the file that is kept: a PNG of the decoded pixels and nothing else, which is the submitted PNG's
+own image chunks when they hold exactly those pixels (what canvases send), else one made from the pixels.
 """
 
 import base64
@@ -49,6 +50,9 @@ SAMPLE_ROWS = 16
 ACCEPTED_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp")
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour types kept as submitted when 8 bits deep, with the channels they decode to: grey (0), truecolour
+# (2) and truecolour with alpha (6). Grey with alpha and palettes decode to another layout.
+STORED_COLOUR_CHANNELS = {0: 1, 2: 3, 6: 4}
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 # PNG colour types (IHDR byte 25) decoded by libspng when 8 bits deep and without a transparent colour
 # (tRNS): truecolour (2) and truecolour with alpha (6), what canvases export. Every other PNG, JPEG and
@@ -190,6 +194,72 @@ def encode_png(pixels: np.ndarray) -> bytes:
         raise ValueError(f"expected a 2-D greyscale image, got shape {pixels.shape}")
     grey = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     return cv2.imencode(".png", grey)[1].tobytes()
+
+
+def stored_png(data: bytes, pixels: np.ndarray) -> bytes:
+    """Return the PNG kept for a drawing submitted as `data` and decoded to `pixels`.
+
+    When `data` is a PNG whose image chunks hold exactly these pixels (see `_image_chunks`), they are
+    kept as sent, without the file's other chunks: `data` itself when it has none, as a canvas export
+    has none. Making another PNG of the pixels would cost more than all the rest of their image work.
+    Any other file is stored as `encode_stored_png(pixels)`. Either way the stored file decodes to `pixels`.
+    """
+    kept = _image_chunks(data, pixels)
+    return kept if kept is not None else encode_stored_png(pixels)
+
+
+def _image_chunks(data: bytes, pixels: np.ndarray) -> bytes | None:
+    """Return the PNG made of `data`'s IHDR, IDAT and IEND chunks if they hold exactly `pixels` and nothing else.
+
+    That is an 8-bit, non-interlaced grey, RGB or RGBA PNG of `pixels`'s shape, every chunk up to IEND
+    with its CRC right, none that decoding would refuse or that changes the pixels (a critical chunk
+    but those, or tRNS), and image data that inflates to exactly the image's rows, with its checksum
+    right and nothing after the end of its stream (where decoders look no further, and bytes could
+    hide). Other chunks (text, EXIF, colour profiles) and bytes after IEND are left out. None if any
+    of this does not hold, or the result is over STORED_MAX_BYTES or STORED_MAX_SIDE.
+    """
+    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    channels = STORED_COLOUR_CHANNELS.get(colour)
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    if depth != 8 or channels is None or (compression, filtering, interlace) != (0, 0, 0) or pixels.shape != shape:
+        return None
+    if max(width, height) > STORED_MAX_SIDE:
+        return None
+    kept: list[bytes | memoryview] = [PNG_SIGNATURE]
+    image_data: list[memoryview] = []
+    view = memoryview(data)
+    position = len(PNG_SIGNATURE)
+    kind = b""
+    while kind != b"IEND":
+        if position + 12 > len(data):
+            return None
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        end = position + 8 + length
+        if end + 4 > len(data) or zlib.crc32(view[position + 4 : end]) != struct.unpack(">I", data[end : end + 4])[0]:
+            return None
+        kind = data[position + 4 : position + 8]
+        if kind in (b"IHDR", b"IDAT", b"IEND"):
+            kept.append(view[position : end + 4])
+            if kind == b"IDAT":
+                image_data.append(view[position + 8 : end])
+        elif kind == b"tRNS" or not kind[0] & 0x20:  # bit 5 of the first letter clear: a critical chunk
+            return None
+        position = end + 4
+    size = sum(len(part) for part in kept)
+    if size > STORED_MAX_BYTES or not image_data:
+        return None
+    rows = height * (1 + width * channels)  # each row: its filter byte, then its samples
+    inflater = zlib.decompressobj()
+    try:
+        # At most one byte more than the rows: enough to tell that there is more, without inflating it.
+        inflated = inflater.decompress(b"".join(image_data), rows + 1)
+    except zlib.error:
+        return None
+    if len(inflated) != rows or not inflater.eof or inflater.unused_data or inflater.unconsumed_tail:
+        return None
+    return data if size == len(data) else b"".join(kept)
 
 
 def encode_stored_png(pixels: np.ndarray) -> bytes:

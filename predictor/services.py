@@ -21,7 +21,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from predictor import model_cache
-from predictor.imagefile import encode_stored_png, image_header
+from predictor.imagefile import image_header, stored_png
 from predictor.model_cache import ModelUnavailable, active_classifier
 from predictor.models import Drawing, ModelActivation, ModelVersion
 from predictor.preprocessing import preprocess_steps
@@ -47,8 +47,9 @@ def visitor_for_session(session, *, create: bool) -> str | None:
 def drawing_create(*, data: bytes, visitor: str) -> Drawing:
     """Return a new stored Drawing with the active model's prediction for the image bytes `data`.
 
-    What is stored is not `data` but a PNG made from its pixels (`encode_stored_png`): no metadata, at
-    most 256 KB, a drawing pixel for pixel. The row keeps the size as submitted.
+    What is stored is a PNG of its pixels and nothing else (`stored_png`: the submitted PNG's own image
+    chunks when they hold exactly its pixels, as a canvas's export does; else one made from the pixels):
+    no metadata, at most 256 KB, a drawing pixel for pixel. The row keeps the size as submitted.
     """
     started = time.perf_counter()
     steps = preprocess_steps(data, max_pixels=settings.DIGIT_MAX_IMAGE_PIXELS, max_side=settings.DIGIT_MAX_IMAGE_SIDE)
@@ -67,7 +68,7 @@ def drawing_create(*, data: bytes, visitor: str) -> Drawing:
     )
     # The file is written first and the row committed after it, so a crash in between can leave an
     # unreferenced file (removed by `manage.py purge_orphan_files`) but never a row without its image.
-    drawing.image.save("drawing.png", ContentFile(encode_stored_png(steps.decoded)), save=False)
+    drawing.image.save("drawing.png", ContentFile(stored_png(data, steps.decoded)), save=False)
     try:
         drawing.processing_ms = (time.perf_counter() - started) * 1000
         with transaction.atomic():

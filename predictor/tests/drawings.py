@@ -2,6 +2,8 @@
 
 import base64
 import io
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -11,6 +13,7 @@ from PIL import Image, ImageDraw
 from predictor import imagefile
 
 MNIST_PATH = settings.BASE_DIR / "training" / "data" / "mnist.npz"
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
 
 
 def canvas_png(digit_image: np.ndarray, *, size: int = 280, transparent: bool = True) -> bytes:
@@ -84,3 +87,27 @@ def refuse_decoding(monkeypatch):
 
     monkeypatch.setattr(imagefile.cv2, "imdecode", decoder_called)
     monkeypatch.setattr(imagefile.pyspng, "load", decoder_called)
+
+
+def png_chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def handmade_png(pixels, *, depth=8, interlace=False, extra=b"", compress=lambda rows: zlib.compress(rows, 1)):
+    """Return a PNG written by hand (grey or RGBA), Adam7-interlaced if asked, with `extra` chunks after IHDR.
+
+    `compress` turns the filtered rows (filter 0 on each) into the IDAT chunk's data.
+    """
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    height, width = pixels.shape[:2]
+    samples = (pixels.astype(np.uint16) * 257).astype(">u2") if depth == 16 else pixels
+    passes = [samples[y::dy, x::dx] for x, y, dx, dy in ADAM7] if interlace else [samples]
+    raw = b"".join(b"\0" + row.tobytes() for image in passes if image.size for row in image.reshape(image.shape[0], -1))
+    header = struct.pack(">IIBBBBB", width, height, depth, {1: 0, 4: 6}[channels], 0, 0, int(interlace))
+    return (
+        imagefile.PNG_SIGNATURE
+        + png_chunk(b"IHDR", header)
+        + extra
+        + png_chunk(b"IDAT", compress(raw))
+        + png_chunk(b"IEND", b"")
+    )

@@ -39,7 +39,7 @@ print(json.dumps({
 """
 
 
-# What `make serve` does before starting gunicorn, in one process (register_base_model would import
+# What `make serve` does before starting the server, in one process (register_base_model would import
 # TensorFlow only to find the shipped files; the registry service is what it calls).
 SETUP_SCRIPT = """
 import django
@@ -164,8 +164,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -173,18 +174,29 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def test_gunicorn_serves_predictions_as_in_production(tmp_path, mnist_train):
+def raw_request(port: int, request: bytes) -> bytes:
+    """Return the server's whole answer to bytes sent as they are (what urllib will not send), until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_make_serve_server_serves_predictions_as_in_production(tmp_path, mnist_train):
     port = free_port()
-    env = production_env(tmp_path, ALLOWED_HOSTS="127.0.0.1", DIGIT_HTTPS="false", WORKERS="2", THREADS="2")
+    env = production_env(tmp_path, ALLOWED_HOSTS="127.0.0.1", DIGIT_HTTPS="false", PORT=str(port), WORKERS="2")
     result = run([sys.executable, "-c", SETUP_SCRIPT], env)
     assert result.returncode == 0, result.stdout + result.stderr
-    gunicorn = BASE_DIR / ".venv" / "bin" / "gunicorn"
+    result = run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
     server = subprocess.Popen(
-        [str(gunicorn) if gunicorn.exists() else "gunicorn", "digitsite.wsgi", "--bind", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "digitsite.serve"],  # what `make serve` runs
         cwd=BASE_DIR,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -194,20 +206,66 @@ def test_gunicorn_serves_predictions_as_in_production(tmp_path, mnist_train):
                 status, health = http("GET", f"{base}/api/health/")
                 break
             except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+                assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.2)
         assert (status, health["model_version"]) == (200, 1)
 
         images, labels = mnist_train
         body = json.dumps({"image": data_url(canvas_png(images[3]))}).encode()
-        status, prediction = http("POST", f"{base}/api/predictions/", body)
-        assert status == 201 and prediction["predicted_label"] == labels[3]
+        request = urllib.request.Request(
+            f"{base}/api/predictions/", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            prediction, cookie = json.loads(response.read()), response.headers["Set-Cookie"].split(";")[0]
+        assert response.status == 201 and prediction["predicted_label"] == labels[3]
         assert (tmp_path / "media" / "drawings").is_dir()
         status, error = http("POST", f"{base}/api/predictions/", b'{"image": "data:text/html;base64,PGI+"}')
         assert status == 400 and error["code"] == "invalid_image"
+
+        # The stored drawing, to its visitor (a file response), and a static file (whitenoise).
+        image = urllib.request.Request(f"{base}/drawings/{prediction['id']}/image", headers={"Cookie": cookie})
+        with urllib.request.urlopen(image, timeout=10) as response:
+            assert response.read().startswith(b"\x89PNG")
+        manifest = json.loads((tmp_path / "static" / "staticfiles.json").read_text())["paths"]
+        with urllib.request.urlopen(f"{base}/static/{manifest['js/main.js']}", timeout=10) as response:
+            assert b"import" in response.read()
+
+        # A body over the limit is refused from its declared size, before it is sent; a chunked body (no
+        # Content-Length) is read by Django as empty, as behind any WSGI server, and refused for what it lacks.
+        answer = raw_request(
+            port,
+            b"POST /api/predictions/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 6000000\r\nConnection: close\r\n\r\n{}",
+        )
+        assert answer.startswith(b"HTTP/1.1 413") and b"payload_too_large" in answer
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:5000], body[5000:])) + b"0\r\n\r\n"
+        answer = raw_request(
+            port,
+            b"POST /api/predictions/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks,
+        )
+        assert answer.startswith(b"HTTP/1.1 400") and b"image: This field is required." in answer
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        assert server.wait(timeout=30) == 0  # a graceful stop
+
+
+def test_serve_takes_its_settings_from_the_environment(tmp_path):
+    from digitsite import serve
+
+    default = serve.server_from_environment({})
+    assert (default.bind_addr, default.bind_port) == ("127.0.0.1", 8000)
+    assert default.workers == len(os.sched_getaffinity(0)) and default.blocking_threads == 1
+    assert default.respawn_failed_workers and not default.log_access and not default.websockets
+
+    log = tmp_path / "access.log"
+    configured = serve.server_from_environment(
+        {"HOST": "0.0.0.0", "PORT": "9000", "WORKERS": "4", "THREADS": "8", "ACCESS_LOG": str(log)}
+    )
+    assert (configured.bind_addr, configured.bind_port, configured.workers) == ("0.0.0.0", 9000, 4)
+    assert configured.blocking_threads == 8 and configured.log_access
+    assert configured.log_config["handlers"]["access"]["filename"] == str(log)
+    assert serve.server_from_environment({"ACCESS_LOG": "-"}).log_config is None
 
 
 @pytest.mark.django_db

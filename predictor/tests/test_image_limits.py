@@ -25,31 +25,10 @@ from predictor.imagefile import (
     decode_image,
 )
 from predictor.models import Drawing
-from predictor.tests.drawings import WHITE, data_url, draw, encode, refuse_decoding
+from predictor.tests.drawings import WHITE, data_url, draw, encode, png_chunk, refuse_decoding
+from predictor.tests.drawings import handmade_png as png
 
 COSTLY_SIDE = math.isqrt(MAX_PIXELS // COSTLY_PIXELS_DIVISOR)
-ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
-
-
-def png_chunk(kind, body):
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png(pixels, *, depth=8, interlace=False, extra=b""):
-    """Return a PNG written by hand (grey or RGBA), Adam7-interlaced if asked, with `extra` chunks after IHDR."""
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    height, width = pixels.shape[:2]
-    samples = (pixels.astype(np.uint16) * 257).astype(">u2") if depth == 16 else pixels
-    passes = [samples[y::dy, x::dx] for x, y, dx, dy in ADAM7] if interlace else [samples]
-    raw = b"".join(b"\0" + row.tobytes() for image in passes if image.size for row in image.reshape(image.shape[0], -1))
-    header = struct.pack(">IIBBBBB", width, height, depth, {1: 0, 4: 6}[channels], 0, 0, int(interlace))
-    return (
-        PNG_SIGNATURE
-        + png_chunk(b"IHDR", header)
-        + extra
-        + png_chunk(b"IDAT", zlib.compress(raw, 1))
-        + png_chunk(b"IEND", b"")
-    )
 
 
 def progressive_jpeg(image, **options):

@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from PIL import Image
 
 from predictor import services
-from predictor.imagefile import decode_image, encode_stored_png, image_header
+from predictor.imagefile import decode_image, image_header, stored_png
 from predictor.models import Drawing
 from predictor.tests.drawings import WHITE, draw, encode
 
@@ -77,7 +77,7 @@ def test_files_stored_as_submitted_become_canonical_pngs_and_the_old_files_go(st
         converted = Drawing.objects.get(id=drawing.id)
         assert converted.image.name.startswith("drawings/2025/01/02/") and converted.image.name.endswith(".png")
         stored = read(converted.image.name)
-        assert stored == encode_stored_png(decode_image(data))
+        assert stored == stored_png(data, decode_image(data))
         assert b"secret" not in stored
         assert not default_storage.exists(drawing.image.name), ext
         # What the model saw and the submitted size stay as they were.

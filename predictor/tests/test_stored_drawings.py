@@ -1,4 +1,4 @@
-"""What is kept of a drawing: a canonical PNG made from its pixels, bounded in size, with nothing else of the file."""
+"""What is kept of a drawing: a PNG of its pixels and nothing else (as sent, or made anew), bounded in size."""
 
 import struct
 import zlib
@@ -16,9 +16,10 @@ from predictor.imagefile import (
     decode_image,
     encode_stored_png,
     image_header,
+    stored_png,
 )
 from predictor.preprocessing import preprocess
-from predictor.tests.drawings import WHITE, canvas_png, draw, encode, png16
+from predictor.tests.drawings import WHITE, canvas_png, draw, encode, handmade_png, png16
 
 TYPICAL_DRAWING_BYTES = 30 * 1024
 
@@ -208,3 +209,77 @@ def test_noise_is_never_encoded_whole_only_to_be_found_too_large(monkeypatch):
     assert len(stored) <= STORED_MAX_BYTES
     # A sample of rows, then the image once, at the size that fits: about 250x250 for RGBA noise.
     assert max(height * width for height, width in encoded) < 300 * 300, encoded
+
+
+@pytest.mark.parametrize("transparent", [True, False])
+def test_a_canvas_export_is_stored_as_sent(active_model, mnist_train, transparent):
+    images, _ = mnist_train
+    data = canvas_png(images[0], transparent=transparent)
+    assert stored_bytes(services.drawing_create(data=data, visitor="v")) == data
+
+
+def rgba_drawing():
+    return np.asarray(draw("7", (96, 96), background=WHITE))
+
+
+HIDING_PLACES = {
+    "nothing": lambda rows: zlib.compress(rows),
+    "bytes after the image data's stream": lambda rows: zlib.compress(rows) + b"secret" * 50,
+    "a second stream after the first": lambda rows: zlib.compress(rows) + zlib.compress(b"secret" * 50),
+    "more inflated data than the image has": lambda rows: zlib.compress(rows + b"secret" * 50),
+    "a wrong checksum at the end of the stream": lambda rows: zlib.compress(rows)[:-4] + b"\0\0\0\0",
+}
+
+
+@pytest.mark.parametrize("hiding_place", HIDING_PLACES)
+def test_a_png_is_kept_as_sent_only_when_its_image_data_holds_its_pixels_and_nothing_else(active_model, hiding_place):
+    pixels = rgba_drawing()
+    data = handmade_png(pixels, compress=HIDING_PLACES[hiding_place])
+    assert np.array_equal(decode_image(data), pixels)  # the decoder reads the pixels and looks no further
+    stored = stored_bytes(services.drawing_create(data=data, visitor="v"))
+    if hiding_place == "nothing":
+        assert stored == data
+    else:
+        assert stored == encode_stored_png(pixels) != data
+    assert b"secret" not in zlib.decompress(stored[41:-12]) and np.array_equal(decode_image(stored), pixels)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda pixels: handmade_png(pixels, interlace=True),
+        lambda pixels: png16(Image.fromarray(pixels), 4),
+        lambda pixels: encode(Image.fromarray(pixels).convert("P"), "PNG"),
+        lambda pixels: encode(Image.fromarray(pixels).convert("LA"), "PNG"),
+    ],
+    ids=["interlaced", "16-bit", "palette", "grey with alpha"],
+)
+def test_other_pngs_are_stored_made_anew(make):
+    pixels = rgba_drawing()
+    data = make(pixels)
+    decoded = decode_image(data)
+    assert stored_png(data, decoded) == encode_stored_png(decoded)
+
+
+def test_a_png_larger_than_the_stored_bound_is_not_kept_as_sent():
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 300, 4), np.uint8)
+    data = handmade_png(pixels, compress=lambda rows: zlib.compress(rows, 0))  # not compressed: 360 kB
+    assert len(data) > STORED_MAX_BYTES
+    assert len(stored_png(data, decode_image(data))) <= STORED_MAX_BYTES
+
+
+def test_a_png_with_other_chunks_is_stored_as_its_own_image_chunks_alone(active_model, mnist_train):
+    images, _ = mnist_train
+    data = canvas_png(images[0])
+    others = png_chunk(b"tEXt", b"Comment\x00my secret") + png_chunk(b"sRGB", b"\x00") + png_chunk(b"pHYs", b"\0" * 9)
+    padded = data[:33] + others + data[33:] + b"my secret after the end"
+    stored = stored_bytes(services.drawing_create(data=padded, visitor="v"))
+    assert stored == data  # the same image data, not encoded again
+
+
+def test_a_png_with_a_transparent_colour_is_stored_made_anew():
+    pixels = np.ascontiguousarray(rgba_drawing()[..., :3])
+    plain = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))[1].tobytes()
+    data = plain[:33] + png_chunk(b"tRNS", b"\0\xff\0\xff\0\xff") + plain[33:]
+    decoded = decode_image(data)
+    assert stored_png(data, decoded) == encode_stored_png(decoded)

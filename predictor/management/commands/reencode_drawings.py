@@ -1,4 +1,4 @@
-"""Rewrite every stored drawing image in the canonical form new drawings are stored in (see encode_stored_png)."""
+"""Rewrite every stored drawing image in the canonical form new drawings are stored in (see stored_png)."""
 
 import posixpath
 import uuid
@@ -10,7 +10,7 @@ from django.core.files.storage import Storage
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from predictor.imagefile import COSTLY_PIXELS_DIVISOR, PreprocessingError, decode_image, encode_stored_png
+from predictor.imagefile import COSTLY_PIXELS_DIVISOR, PreprocessingError, decode_image, stored_png
 from predictor.models import Drawing
 
 BATCH_SIZE = 200
@@ -70,7 +70,7 @@ class Command(BaseCommand):
         except PreprocessingError as error:
             self.stderr.write(f"Drawing {drawing_id}: image {name!r} cannot be decoded ({error}); left as it is.")
             return "unreadable"
-        png = encode_stored_png(pixels)
+        png = stored_png(data, pixels)
         if png == data:
             return "canonical"
         self.counts["bytes_before"] += len(data)
