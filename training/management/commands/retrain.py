@@ -327,7 +327,7 @@ class Command(BaseCommand):
                 "mnist_test_loss": after.mnist.loss,
                 "per_class_accuracy": after.mnist.per_class,
                 # Per epoch: loss and accuracy on the training mix, and on the held-out reviewed drawings.
-                "history": {key: [float(v) for v in values] for key, values in model.history.history.items()},
+                "history": epoch_history(model),
                 "confusion": after.mnist.confusion,
                 "confusion_heldout": after.heldout.confusion,
                 "heldout_size": after.heldout.size,
@@ -423,6 +423,14 @@ class Command(BaseCommand):
                     f"It is kept for inspection (manage.py models); --force would have served it."
                 )
             )
+
+
+def epoch_history(model: "keras.Model") -> dict[str, list[float]] | None:
+    """Return the per-epoch figures Keras kept of the model's last fit, or None if it was not fitted here."""
+    fitted = getattr(model, "history", None)
+    if fitted is None or not isinstance(getattr(fitted, "history", None), dict):
+        return None
+    return {key: [float(value) for value in values] for key, values in fitted.history.items()}
 
 
 def measure_shift_since(parent: ModelVersion, dataset: Dataset) -> LabelShift:
