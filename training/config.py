@@ -62,7 +62,7 @@ class FinetuneConfig:
     replay_size: int = 5000  # MNIST training images mixed in so the model does not forget
     label_smoothing: float = 0.0
     freeze_batchnorm: bool = True  # keep the base model's normalisation statistics: new data is small
-    reviewed_share: float = 0.5  # share of each batch taken from the reviewed drawings; 0 = pooled with the replay
+    reviewed_share: float = 0.0  # share of each batch taken from the reviewed drawings; 0 = pooled with the replay
     augment_reviewed: bool = True  # augment the reviewed drawings too (with a share above 0; the replay always is)
     distill: float = 0.0  # weight of the parent's answers in the replay digits' targets (0 = their labels only)
     trainable: str = "all"  # which layers learn: "all", "top" (last convolution and classifier) or "head"
