@@ -2,10 +2,9 @@
 
 The training code with other values: a copy of the model, recompiled with a low, decaying learning
 rate, the same augmentation pipeline, a few epochs. The caller passes an MNIST replay sample as
-`replay` (the `retrain` command does, with FinetuneConfig.replay_size digits). The reviewed drawings
-are few (hundreds) against thousands of replay digits, so each batch draws a fixed share of its
-examples from them (FinetuneConfig.reviewed_share): they are seen many times per run, each time
-augmented differently, while the replay keeps the model's MNIST knowledge in place.
+`replay` (the `retrain` command does, with FinetuneConfig.replay_size digits). By default the
+reviewed drawings are pooled with it; FinetuneConfig.reviewed_share > 0 instead draws that share of
+every batch from the reviewed drawings (docs/retraining.md measures both).
 
     model = export.load(parent_dir)                      # the .keras of the active version
     tuned = finetune(model, x_new, y_new, FinetuneConfig(), replay=replay_sample(...))
@@ -50,9 +49,7 @@ def finetune(
     """
     keras.utils.set_random_seed(config.seed)
     x, y = _examples(x, y)
-    replay_x, replay_y = (
-        _examples(*replay) if replay is not None else _examples(np.zeros((0, IMAGE_SIZE, IMAGE_SIZE)), [])
-    )
+    replay_x, replay_y = _examples(*replay) if replay is not None else (x[:0], y[:0])
     if len(x) + len(replay_x) == 0:
         raise ValueError("finetune() needs at least one example.")
     tuned = keras.models.clone_model(model)
@@ -62,24 +59,25 @@ def finetune(
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=steps * config.epochs, alpha=0.05
     )
-    if config.distill > 0 and len(replay_x):
+    distil = config.distill > 0 and len(replay_x) > 0
+    if distil:
         # The replay digits teach what the parent answered, not just their label: the parent's whole
         # judgement (which digits a 7 resembles, how sure) is what the fine-tune must not forget.
         parent = predict_probabilities(model, replay_x)
         replay_targets = (1 - config.distill) * _one_hot(replay_y) + config.distill * parent
         y, replay_y = _one_hot(y), replay_targets.astype(np.float32)
-        tuned.compile(
-            optimizer=_optimizer(schedule),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-            metrics=["accuracy"],
-        )
-    else:
-        compile_model(tuned, learning_rate=schedule, weight_decay=0.0, label_smoothing=config.label_smoothing)
+    compile_model(
+        tuned,
+        learning_rate=schedule,
+        weight_decay=0.0,
+        label_smoothing=config.label_smoothing,
+        soft_targets=distil,
+    )
     dataset = training_mix(x, y, replay_x, replay_y, config)
     validation = None
     if watch is not None and len(watch[1]):
         watch_x, watch_y = _examples(*watch)
-        validation = (watch_x[..., None].astype(np.float32), _one_hot(watch_y) if y.ndim == 2 else watch_y)
+        validation = (watch_x[..., None].astype(np.float32), _one_hot(watch_y) if distil else watch_y)
     tuned.fit(
         dataset,
         epochs=config.epochs,
@@ -137,11 +135,6 @@ def _freeze(model: keras.Model, config: FinetuneConfig) -> None:
 def _one_hot(y: np.ndarray) -> np.ndarray:
     """Return float32 (N, 10) one-hot rows of integer labels."""
     return np.eye(NUM_CLASSES, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
-
-
-def _optimizer(schedule: keras.optimizers.schedules.LearningRateSchedule) -> keras.optimizers.Optimizer:
-    """Return the fine-tune's optimizer: AdamW as in training, without weight decay."""
-    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.0)
 
 
 def _examples(x: np.ndarray, y) -> tuple[np.ndarray, np.ndarray]:

@@ -65,12 +65,22 @@ def prepare_data(config: TrainConfig, log: Callable[[str], None] = print) -> Dat
     return Data(x_train, y_train, x_val, y_val, x_canvas, y_canvas, x_test, y_test)
 
 
-def compile_model(model: keras.Model, *, learning_rate: Any, weight_decay: float, label_smoothing: float) -> None:
-    """Compile `model` with AdamW and (label-smoothed) cross-entropy on integer labels."""
+def compile_model(
+    model: keras.Model,
+    *,
+    learning_rate: Any,
+    weight_decay: float,
+    label_smoothing: float,
+    soft_targets: bool = False,
+) -> None:
+    """Compile `model` with AdamW and (label-smoothed) cross-entropy on integer labels, or on (N, 10)
+    probability targets with `soft_targets`."""
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
     # Decay only convolution and dense kernels, not BatchNorm scales or biases.
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-    if label_smoothing:
+    if soft_targets:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    elif label_smoothing:
         loss = _SparseSmoothed(label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
