@@ -3,7 +3,7 @@
     python -m digitsite.serve          # HOST, PORT, WORKERS, THREADS, ACCESS_LOG, MAX_WORKER_MB
 
 Chosen by measurement over gunicorn's sync and gthread workers (docs/performance.md, "Serving"): Granian
-reads and writes HTTP in Rust and hands each complete request to a Python thread, which costs less CPU
+parses and writes HTTP in Rust and hands each request to a Python thread, which costs less CPU
 per request and, with one thread per worker, keeps the slowest requests close to the median.
 """
 
