@@ -54,6 +54,10 @@ VARIANTS: dict[str, dict] = {
     "reviewed not augmented": {"augment_reviewed": False},
     "distill 0.5": {"distill": 0.5},
     "distill 1": {"distill": 1.0},
+    "corrections x5": {"corrections": 5},
+    "corrections x10": {"corrections": 10},
+    "corrections x20": {"corrections": 20},
+    "share 0.5 + corrections x5": {"reviewed_share": 0.5, "corrections": 5},
 }
 
 
@@ -79,13 +83,13 @@ def hand_data(name: str, x_train: np.ndarray, y_train: np.ndarray, *, seed: int 
 
     cache = Path(tempfile.gettempdir()) / f"ablate-{name}-{seed}.npz"
     if not cache.exists():
-        from hands import HANDS
+        from hands import HANDS, PLAIN
 
         rng = np.random.default_rng(seed)
         parts = {}
         for part, digits, size in (("reviewed", REVIEWED_DIGITS, REVIEWED), ("new", NEW_DIGITS, NEW)):
             picked = np.sort(rng.choice(np.array(digits), size, replace=False))
-            pngs = HANDS[name].render(x_train[picked], y_train[picked], seed=seed + len(part))
+            pngs = {**HANDS, PLAIN.name: PLAIN}[name].render(x_train[picked], y_train[picked], seed=seed + len(part))
             pixels, labels = [], []
             for png, label in zip(pngs, y_train[picked]):
                 try:
@@ -175,7 +179,9 @@ def removed(before: float, after: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hands", default="", help="comma-separated hand names (default: all of bench/hands.py)")
+    parser.add_argument(
+        "--hands", default="", help="comma-separated hand names, or plain (default: all of bench/hands.HANDS)"
+    )
     parser.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
     parser.add_argument("--set", action="append", default=[], help="change a default for every variant: NAME=VALUE")
     parser.add_argument("--seeds", default="1", help="comma-separated seeds; figures are their mean")

@@ -63,6 +63,7 @@ class FinetuneConfig:
     label_smoothing: float = 0.0
     freeze_batchnorm: bool = True  # keep the base model's normalisation statistics: new data is small
     reviewed_share: float = 0.0  # share of each batch taken from the reviewed drawings; 0 = pooled with the replay
+    corrections: int = 1  # how many times a reviewed drawing the parent misreads counts (1 = like any other)
     augment_reviewed: bool = True  # augment the reviewed drawings too (with a share above 0; the replay always is)
     distill: float = 0.0  # weight of the parent's answers in the replay digits' targets (0 = their labels only)
     trainable: str = "all"  # which layers learn: "all", "top" (last convolution and classifier) or "head"

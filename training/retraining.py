@@ -25,6 +25,10 @@ CLASS_MARGIN = 0.01
 # this share of them would have to change digit to match. Reviews of one site drift slowly; a sudden
 # jump is worth a look (a reviewer relabelling a whole digit, or deliberately skewed labels).
 LABEL_SHIFT_LIMIT = 0.3
+# The mixes a run tries in turn (FinetuneConfig.reviewed_share), each only if the gate refused the one
+# before: half of every batch from the reviewed drawings learns a new hand best, but on a hand far from
+# MNIST it can cost MNIST more than the gate allows; pooled with the replay, they cost it least.
+REVIEWED_SHARES = (0.5, 0.0)
 
 
 class Reviewed(Protocol):
@@ -316,6 +320,13 @@ def gate(
         )
         reasons.append(f"MNIST test per digit: {largest} (the limit is -{100 * class_margin:.2f}), within the margin")
     return Decision(passed, tuple(reasons), deltas, worst, label_shift)
+
+
+def mix_name(share: float) -> str:
+    """Return how a fine-tune with this reviewed share mixes the reviewed drawings with the replay, in words."""
+    if share <= 0:
+        return "reviewed drawings pooled with the replay digits"
+    return f"{share:.0%} of each batch from the reviewed drawings"
 
 
 def percent(value: float | None, digits: int = 1) -> str:

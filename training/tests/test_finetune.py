@@ -4,8 +4,8 @@ import pytest
 from training import export
 from training.config import FinetuneConfig
 from training.data import load_mnist
-from training.evaluate import evaluate
-from training.finetune import finetune, training_mix
+from training.evaluate import evaluate, predict_probabilities
+from training.finetune import finetune, training_mix, with_corrections_repeated
 from training.model import model_temperature
 from training.train import BASE_DIR
 
@@ -124,3 +124,17 @@ def test_distilled_replay_keeps_the_parents_answers_not_the_replay_labels(base, 
         accuracy[distill] = evaluate(finetune(base, x[:32], y[:32], config, replay=wrong), digits, truth)["accuracy"]
     assert accuracy[1.0] >= 0.95
     assert accuracy[0.0] < accuracy[1.0] - 0.2
+
+
+def test_the_drawings_the_parent_misreads_count_as_often_as_configured(base, new_style):
+    x, y = new_style
+    misread = predict_probabilities(base, x).argmax(axis=1) != y
+    assert 0 < misread.sum() < len(y)  # mirrored digits: some read right, some not
+    repeated_x, repeated_y = with_corrections_repeated(base, x, y, 4)
+    assert len(repeated_y) == len(y) + 3 * misread.sum()
+    np.testing.assert_array_equal(repeated_x[: len(x)], x)
+    extra = repeated_x[len(x) :]
+    for image in x[misread]:
+        assert sum(np.array_equal(image, other) for other in extra) == 3
+    assert not any(np.array_equal(image, other) for image in x[~misread] for other in extra)
+    assert with_corrections_repeated(base, x, y, 1)[0] is x

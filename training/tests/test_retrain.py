@@ -210,6 +210,57 @@ def test_force_serves_a_model_that_fails_the_gate_and_says_so_loudly(reviewed, a
 
 
 @pytest.mark.django_db
+def test_a_gentler_mix_is_tried_when_the_gate_refuses_the_first(reviewed, api_client, mnist_train, monkeypatch):
+    import keras
+
+    from training import finetune as finetune_module
+
+    real_finetune = finetune_module.finetune
+    mixes = []
+
+    def refused_unless_pooled(model, x, y, config, **options):
+        # The real fine-tune for the pooled mix; a model that fails any gate for the others.
+        mixes.append(config.reviewed_share)
+        if config.reviewed_share > 0:
+            copy = keras.models.clone_model(model)
+            copy.set_weights(model.get_weights())  # the next mix starts from the untouched model
+            return answer_zero_for_everything(copy, x, y, config)
+        return real_finetune(model, x, y, config, **options)
+
+    monkeypatch.setattr(finetune_module, "finetune", refused_unless_pooled)
+    output = retrain(*TINY)
+
+    assert mixes == [0.5, 0.0]
+    served = ModelVersion.objects.get(version=2)
+    assert served.is_active and served.metrics["gate"]["passed"] is True
+    assert served.metrics["config"]["reviewed_share"] == 0.0
+    first, second = served.metrics["tries"]
+    assert first["reviewed_share"] == 0.5 and first["passed"] is False and first["mnist_test_accuracy"] < 0.2
+    assert second["reviewed_share"] == 0.0 and second["passed"] is True
+    assert second["mnist_test_accuracy"] == served.metrics["mnist_test_accuracy"]
+    assert output.index("Gate FAILED") < output.index("Trying the next mix (2 of 2)") < output.index("Gate passed")
+    assert "(reviewed drawings pooled with the replay digits): gate passed." in served.notes
+    tried_first = served.notes.splitlines()[-1]
+    assert tried_first.startswith("Tried first: 50% of each batch from the reviewed drawings; refused: held-out")
+    assert "; MNIST test: " in tried_first and "dropped too far" in tried_first
+    assert served_version(api_client, mnist_train) == 2
+
+
+@pytest.mark.django_db
+def test_a_mix_given_is_the_only_one_tried(reviewed, monkeypatch):
+    mixes = []
+
+    def refused(model, x, y, config, **options):
+        mixes.append(config.reviewed_share)
+        return answer_zero_for_everything(model, x, y, config)
+
+    monkeypatch.setattr("training.finetune.finetune", refused)
+    output = retrain(*TINY, "--reviewed-share", "0.25")
+    assert mixes == [0.25] and "Trying the next mix" not in output
+    assert [t["reviewed_share"] for t in ModelVersion.objects.get(version=2).metrics["tries"]] == [0.25]
+
+
+@pytest.mark.django_db
 def test_no_activate_records_without_serving(reviewed, monkeypatch):
     from training import finetune as finetune_module
 

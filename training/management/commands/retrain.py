@@ -6,9 +6,11 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
+import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
@@ -30,6 +32,30 @@ UNCHANGED = "the model registry and the served model are unchanged."
 Item = TypeVar("Item")
 
 
+@dataclass(frozen=True)
+class Try:
+    """One fine-tune of a run: its configuration, model, export, scores as served and the gate's decision."""
+
+    config: FinetuneConfig
+    model: "keras.Model"
+    exported: dict[str, Any]  # what training.export.save returned
+    after: Scores
+    decision: Decision
+    fit_seconds: float
+    directory: Path  # its .keras and .tflite
+
+    def summary(self) -> dict[str, Any]:
+        """Return the try as JSON-ready figures for the "tries" part of a version's metrics."""
+        return {
+            "reviewed_share": self.config.reviewed_share,
+            "passed": self.decision.passed,
+            **self.after.accuracies(),
+            "worst_class": self.decision.worst_class,
+            "worst_class_delta": self.decision.to_metrics()["worst_class_delta"],
+            "fit_seconds": self.fit_seconds,
+        }
+
+
 class Command(BaseCommand):
     help = (
         "Fine-tune the active model on the reviewed drawings mixed with MNIST digits, record the result as a new "
@@ -40,6 +66,7 @@ class Command(BaseCommand):
 
     # Read once from the options by handle().
     config: FinetuneConfig
+    shares: tuple[float, ...]  # the mixes tried in turn (FinetuneConfig.reviewed_share), until one passes the gate
     min_examples: int
     mnist_margin: float
     class_margin: float
@@ -63,7 +90,9 @@ class Command(BaseCommand):
             type=float,
             metavar="SHARE",
             help="share of each training batch taken from the reviewed drawings, 0 to 1; 0 pools them with the "
-            f"replay digits (default {FinetuneConfig.reviewed_share:g})",
+            "replay digits. Default: "
+            + ", then ".join(f"{share:g}" for share in retraining.REVIEWED_SHARES)
+            + ", the next only if the gate refuses the model of the one before",
         )
         # Defaults are None and resolved in handle(), so a run records only the options it was given.
         parser.add_argument(
@@ -106,12 +135,9 @@ class Command(BaseCommand):
         if share is not None and not 0 <= share < 1:
             raise CommandError(f"--reviewed-share must be at least 0 and below 1, not {share:g}.")
         self.config = override(
-            FinetuneConfig(),
-            epochs=options["epochs"],
-            replay_size=options["replay"],
-            reviewed_share=share,
-            seed=options["seed"],
+            FinetuneConfig(), epochs=options["epochs"], replay_size=options["replay"], seed=options["seed"]
         )
+        self.shares = retraining.REVIEWED_SHARES if share is None else (share,)
         self.min_examples = first_given(options["min_examples"], settings.DIGIT_RETRAIN_MIN_EXAMPLES)
         self.mnist_margin = first_given(options["mnist_margin"], settings.DIGIT_RETRAIN_MNIST_MARGIN)
         self.class_margin = first_given(options["class_margin"], settings.DIGIT_RETRAIN_CLASS_MARGIN)
@@ -246,11 +272,7 @@ class Command(BaseCommand):
                 f'{self.min_examples}. Label more in the admin (Drawings, filter "Needs review"), '
                 "or lower --min-examples."
             )
-        mix = (
-            f"{self.config.reviewed_share:.0%} of each batch from the reviewed drawings"
-            if self.config.reviewed_share > 0
-            else "reviewed drawings pooled with the replay"
-        )
+        mix = "; if the gate refuses its model, ".join(retraining.mix_name(share) for share in self.shares)
         self.stdout.write(
             f"Fine-tuning: {self.config.epochs} epochs, learning rate {self.config.learning_rate:g}, {mix}, "
             f"augmentation {'on' if self.config.augment else 'off'}, seed {self.config.seed}"
@@ -264,7 +286,6 @@ class Command(BaseCommand):
         self.step("loading TensorFlow, MNIST and the active model")
         # TensorFlow loads only now: --help, --dry-run and a too-small dataset answer in a second.
         from training import export
-        from training.finetune import finetune
 
         (x_mnist, y_mnist), (x_test, y_test) = load_mnist()
         replay = retraining.replay_sample(x_mnist, y_mnist, self.config.replay_size, seed=self.config.seed)
@@ -275,62 +296,32 @@ class Command(BaseCommand):
             self.step(f"scoring version {parent.version}")
             before = retraining.score(work / "parent" / export.TFLITE_FILE, dataset, x_test, y_test)
             self.stdout.write(f"Training on {len(dataset.train.y)} drawings + {len(replay[1])} MNIST digits ...")
-            fit_started = time.perf_counter()
-            # A live progress bar on a terminal, one line per epoch in a log.
-            verbose = 1 if sys.stdout.isatty() else 2
-            # Keras prints to sys.stdout: its lines go to the run's log too, and each epoch into its progress.
-            with (
-                runs.RunLog(run, echo=sys.stdout, on_line=self.epoch_progress) as keras_output,
-                contextlib.redirect_stdout(keras_output),
-            ):
-                model = finetune(
-                    model,
-                    dataset.train.x,
-                    dataset.train.y,
-                    self.config,
-                    replay=replay,
-                    # Measured after each epoch for the record (the version page's curves), never chosen on.
-                    watch=(dataset.heldout.x, dataset.heldout.y),
-                    verbose=verbose,
+            # The strongest mix first: a mix that learns a hand harder can cost MNIST more than the gate
+            # allows, and then the next, gentler one is tried (docs/retraining.md measures both).
+            tries: list[Try] = []
+            for number, share in enumerate(self.shares, start=1):
+                config = override(self.config, reviewed_share=share)
+                tried = self.fit_and_judge(
+                    run, model, config, dataset, replay, (x_test, y_test), before, shift, work / f"try-{number}"
                 )
-            fit_seconds = time.perf_counter() - fit_started
-            self.step("exporting")
-            try:
-                exported = export.save(
-                    model,
-                    metrics={},
-                    config=self.config,
-                    out_dir=work / "new",
-                    parity_images=x_test[: export.PARITY_SIZE],
-                )
-            except export.ParityError as error:
-                raise CommandError(f"{error} Nothing was recorded; the served model is unchanged.") from error
-            # Both models are judged as they are served: through their .tflite, on the same arrays.
-            self.step("evaluating the new model")
-            after = retraining.score(work / "new" / export.TFLITE_FILE, dataset, x_test, y_test)
-
-            decision = retraining.gate(
-                heldout_before=before.heldout,
-                heldout_after=after.heldout,
-                mnist_before=before.mnist,
-                mnist_after=after.mnist,
-                mnist_margin=self.mnist_margin,
-                class_margin=self.class_margin,
-                label_shift=shift,
-            )
-            self.report(parent, before, after, decision)
+                tries.append(tried)
+                self.report(parent, before, tried, number=number, of=len(self.shares))
+                if tried.decision.passed:
+                    break
+            chosen = tries[-1]
+            decision = chosen.decision
             activate = (decision.passed and not self.no_activate) or self.force
             superseded = False
             metrics = {
-                **exported,
-                **after.accuracies(),
-                "mnist_test_loss": after.mnist.loss,
-                "per_class_accuracy": after.mnist.per_class,
+                **chosen.exported,
+                **chosen.after.accuracies(),
+                "mnist_test_loss": chosen.after.mnist.loss,
+                "per_class_accuracy": chosen.after.mnist.per_class,
                 # Per epoch: loss and accuracy on the training mix, and on the held-out reviewed drawings.
-                "history": epoch_history(model),
-                "confusion": after.mnist.confusion,
-                "confusion_heldout": after.heldout.confusion,
-                "heldout_size": after.heldout.size,
+                "history": epoch_history(chosen.model),
+                "confusion": chosen.after.mnist.confusion,
+                "confusion_heldout": chosen.after.heldout.confusion,
+                "heldout_size": chosen.after.heldout.size,
                 "before": {"version": parent.version, **before.accuracies()},
                 "gate": {
                     **decision.to_metrics(),
@@ -338,13 +329,15 @@ class Command(BaseCommand):
                     "mnist_margin": self.mnist_margin,
                     "class_margin": self.class_margin,
                 },
-                "fit_seconds": fit_seconds,
+                # Every mix tried, in order; the last is the one recorded here.
+                "tries": [tried.summary() for tried in tries],
+                "fit_seconds": sum(tried.fit_seconds for tried in tries),
                 "train_seconds": time.perf_counter() - started,
             }
             self.step("recording the new version")
             version = services.model_version_register(
-                tflite_path=work / "new" / export.TFLITE_FILE,
-                keras_path=work / "new" / export.KERAS_FILE,
+                tflite_path=chosen.directory / export.TFLITE_FILE,
+                keras_path=chosen.directory / export.KERAS_FILE,
                 metrics=metrics,
                 parent=parent,
                 training_data={
@@ -355,7 +348,7 @@ class Command(BaseCommand):
                     # What the next run's label shift is measured against.
                     "label_counts": dataset.label_counts(),
                 },
-                notes=notes(parent, decision, activate),
+                notes=notes(parent, tries, activate),
                 activate=activate,
                 source="retrain",
             )
@@ -366,8 +359,67 @@ class Command(BaseCommand):
         self.conclude(version, parent, decision, activate, superseded, time.perf_counter() - started)
         return version, decision, activate
 
-    def report(self, parent: ModelVersion, before: Scores, after: Scores, decision: Decision) -> None:
-        """Write the before/after table, the gate's reasons and its warnings."""
+    def fit_and_judge(
+        self,
+        run: RetrainRun,
+        model: "keras.Model",
+        config: FinetuneConfig,
+        dataset: Dataset,
+        replay: tuple[np.ndarray, np.ndarray],
+        test: tuple[np.ndarray, np.ndarray],
+        before: Scores,
+        shift: LabelShift,
+        directory: Path,
+    ) -> "Try":
+        """Return one fine-tune of `model` with `config`, exported into `directory`, scored as served and gated."""
+        from training import export
+        from training.finetune import finetune
+
+        self.stdout.write(f"Mix: {retraining.mix_name(config.reviewed_share)}")
+        x_test, y_test = test
+        fit_started = time.perf_counter()
+        # A live progress bar on a terminal, one line per epoch in a log.
+        verbose = 1 if sys.stdout.isatty() else 2
+        # Keras prints to sys.stdout: its lines go to the run's log too, and each epoch into its progress.
+        with (
+            runs.RunLog(run, echo=sys.stdout, on_line=self.epoch_progress) as keras_output,
+            contextlib.redirect_stdout(keras_output),
+        ):
+            tuned = finetune(
+                model,
+                dataset.train.x,
+                dataset.train.y,
+                config,
+                replay=replay,
+                # Measured after each epoch for the record (the version page's curves), never chosen on.
+                watch=(dataset.heldout.x, dataset.heldout.y),
+                verbose=verbose,
+            )
+        fit_seconds = time.perf_counter() - fit_started
+        self.step("exporting")
+        try:
+            exported = export.save(
+                tuned, metrics={}, config=config, out_dir=directory, parity_images=x_test[: export.PARITY_SIZE]
+            )
+        except export.ParityError as error:
+            raise CommandError(f"{error} Nothing was recorded; the served model is unchanged.") from error
+        # Both models are judged as they are served: through their .tflite, on the same arrays.
+        self.step("evaluating the new model")
+        after = retraining.score(directory / export.TFLITE_FILE, dataset, x_test, y_test)
+        decision = retraining.gate(
+            heldout_before=before.heldout,
+            heldout_after=after.heldout,
+            mnist_before=before.mnist,
+            mnist_after=after.mnist,
+            mnist_margin=self.mnist_margin,
+            class_margin=self.class_margin,
+            label_shift=shift,
+        )
+        return Try(config, tuned, exported, after, decision, fit_seconds, directory)
+
+    def report(self, parent: ModelVersion, before: Scores, tried: "Try", *, number: int, of: int) -> None:
+        """Write the before/after table of one try, the gate's reasons and its warnings."""
+        after, decision = tried.after, tried.decision
         rows = [
             ("held-out reviewed drawings", before.heldout, after.heldout),
             ("MNIST test", before.mnist, after.mnist),
@@ -382,6 +434,8 @@ class Command(BaseCommand):
             self.stdout.write(f"  - {reason}")
         for warning in decision.warnings:
             self.stdout.write(self.style.WARNING(f"  ! {warning}"))
+        if not decision.passed and number < of:
+            self.stdout.write(f"Trying the next mix ({number + 1} of {of}).")
 
     def conclude(
         self,
@@ -454,16 +508,23 @@ def load_keras(version: ModelVersion, directory: Path) -> "keras.Model":
     return export.load(directory)
 
 
-def notes(parent: ModelVersion, decision: Decision, activate: bool) -> str:
-    """Return the version's notes: its origin, then the gate's verdict, reasons and warnings."""
+def notes(parent: ModelVersion, tries: list[Try], activate: bool) -> str:
+    """Return the version's notes: its origin, then the gate's verdict, reasons and warnings, and the mixes refused before."""
+    decision = tries[-1].decision
     if activate and not decision.passed:
         outcome = "gate FAILED, activated with --force"
     elif decision.passed:
         outcome = "gate passed" + ("" if activate else ", not activated")
     else:
         outcome = "gate failed, not activated"
+    mix = retraining.mix_name(tries[-1].config.reviewed_share)
     details = [*decision.reasons, *(f"Warning: {warning}" for warning in decision.warnings)]
-    return f"Retrained from v{parent.version}: {outcome}.\n" + "\n".join(details)
+    for tried in tries[:-1]:
+        refusals = [reason for reason in tried.decision.reasons if "worse than" in reason or "too far" in reason]
+        details.append(
+            f"Tried first: {retraining.mix_name(tried.config.reviewed_share)}; refused: " + "; ".join(refusals)
+        )
+    return f"Retrained from v{parent.version} ({mix}): {outcome}.\n" + "\n".join(details)
 
 
 def first_given(value: Any, default: Any) -> Any:
