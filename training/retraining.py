@@ -133,11 +133,21 @@ class LabelShift:
 class Decision:
     """Whether a retrained model may be served, why, and the figures it was decided on."""
 
-    passed: bool
-    reasons: tuple[str, ...]
+    reasons: tuple[str, ...]  # every check's outcome, in order
+    refusals: tuple[str, ...]  # those of the reasons that refuse the model; none: it passes
     class_deltas: tuple[float | None, ...]  # MNIST test accuracy change per digit, after - before
     worst_class: int | None  # the digit whose MNIST test accuracy fell most (None if none fell)
     label_shift: LabelShift | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Return True if no check refused the model."""
+        return not self.refusals
+
+    @property
+    def worst_class_delta(self) -> float | None:
+        """Return the MNIST test accuracy change of the digit that fell most (None if none fell)."""
+        return None if self.worst_class is None else self.class_deltas[self.worst_class]
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -152,7 +162,7 @@ class Decision:
             "warnings": list(self.warnings),
             "class_deltas": list(self.class_deltas),
             "worst_class": self.worst_class,
-            "worst_class_delta": None if self.worst_class is None else self.class_deltas[self.worst_class],
+            "worst_class_delta": self.worst_class_delta,
             "label_shift": None if self.label_shift is None else asdict(self.label_shift),
         }
 
@@ -264,16 +274,19 @@ def gate(
 
     A sharp label shift (`label_shift.warning`) is reported with the decision but does not decide it.
     """
-    reasons = []
-    passed = True
+    reasons, refusals = [], []
+
+    def refuse(reason: str) -> None:
+        reasons.append(reason)
+        refusals.append(reason)
+
     if heldout_after.size == 0:
         reasons.append("no held-out reviewed drawings: only the MNIST checks apply (label more drawings)")
     else:
         drop = heldout_before.accuracy - heldout_after.accuracy
         # Same drawings on both sides, so equal accuracies mean the same number right: no rounding slack needed.
         if drop > 0:
-            passed = False
-            reasons.append(
+            refuse(
                 f"held-out reviewed drawings: {percent(heldout_before.accuracy)} -> {percent(heldout_after.accuracy)}, "
                 f"worse than the current model"
             )
@@ -289,12 +302,14 @@ def gate(
             )
     change = mnist_after.accuracy - mnist_before.accuracy
     within = change >= -mnist_margin - 1e-12
-    passed = passed and within
-    reasons.append(
+    overall = (
         f"MNIST test: {percent(mnist_before.accuracy, 2)} -> {percent(mnist_after.accuracy, 2)} "
         f"({100 * change:+.2f} points; the limit is -{100 * mnist_margin:.2f}), "
-        + ("within the margin" if within else "dropped too far")
     )
+    if within:
+        reasons.append(overall + "within the margin")
+    else:
+        refuse(overall + "dropped too far")
 
     # Reviews labelled to teach one digit as another can raise held-out accuracy (the held-out reviews
     # carry the same labels) while MNIST overall hardly moves; the digit they take from does fall.
@@ -305,9 +320,8 @@ def gate(
     fell = {digit: delta for digit, delta in enumerate(deltas) if delta is not None and delta < 0}
     worst = min(fell, key=fell.get) if fell else None
     too_far = [digit for digit, delta in fell.items() if delta < -class_margin - 1e-12]
-    passed = passed and not too_far
     for digit in too_far:
-        reasons.append(
+        refuse(
             f"MNIST test digit {digit}: {percent(mnist_before.per_class[digit], 2)} -> "
             f"{percent(mnist_after.per_class[digit], 2)} ({100 * deltas[digit]:+.2f} points; the limit per digit "
             f"is -{100 * class_margin:.2f}), dropped too far"
@@ -319,7 +333,7 @@ def gate(
             else f"the largest fall is digit {worst}, {100 * deltas[worst]:+.2f} points"
         )
         reasons.append(f"MNIST test per digit: {largest} (the limit is -{100 * class_margin:.2f}), within the margin")
-    return Decision(passed, tuple(reasons), deltas, worst, label_shift)
+    return Decision(tuple(reasons), tuple(refusals), deltas, worst, label_shift)
 
 
 def mix_name(share: float) -> str:

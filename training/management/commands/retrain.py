@@ -51,7 +51,7 @@ class Try:
             "passed": self.decision.passed,
             **self.after.accuracies(),
             "worst_class": self.decision.worst_class,
-            "worst_class_delta": self.decision.to_metrics()["worst_class_delta"],
+            "worst_class_delta": self.decision.worst_class_delta,
             "fit_seconds": self.fit_seconds,
         }
 
@@ -370,7 +370,7 @@ class Command(BaseCommand):
         before: Scores,
         shift: LabelShift,
         directory: Path,
-    ) -> "Try":
+    ) -> Try:
         """Return one fine-tune of `model` with `config`, exported into `directory`, scored as served and gated."""
         from training import export
         from training.finetune import finetune
@@ -417,7 +417,7 @@ class Command(BaseCommand):
         )
         return Try(config, tuned, exported, after, decision, fit_seconds, directory)
 
-    def report(self, parent: ModelVersion, before: Scores, tried: "Try", *, number: int, of: int) -> None:
+    def report(self, parent: ModelVersion, before: Scores, tried: Try, *, number: int, of: int) -> None:
         """Write the before/after table of one try, the gate's reasons and its warnings."""
         after, decision = tried.after, tried.decision
         rows = [
@@ -520,9 +520,9 @@ def notes(parent: ModelVersion, tries: list[Try], activate: bool) -> str:
     mix = retraining.mix_name(tries[-1].config.reviewed_share)
     details = [*decision.reasons, *(f"Warning: {warning}" for warning in decision.warnings)]
     for tried in tries[:-1]:
-        refusals = [reason for reason in tried.decision.reasons if "worse than" in reason or "too far" in reason]
         details.append(
-            f"Tried first: {retraining.mix_name(tried.config.reviewed_share)}; refused: " + "; ".join(refusals)
+            f"Tried first: {retraining.mix_name(tried.config.reviewed_share)}; refused: "
+            + "; ".join(tried.decision.refusals)
         )
     return f"Retrained from v{parent.version} ({mix}): {outcome}.\n" + "\n".join(details)
 
