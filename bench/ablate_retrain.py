@@ -29,7 +29,8 @@ REVIEWED, NEW = 600, 1000
 REVIEWED_DIGITS = range(40_000, 50_000)  # MNIST training digits the reviewed drawings are drawn from
 NEW_DIGITS = range(50_000, 60_000)  # and the new drawings the result is judged on
 
-# name -> FinetuneConfig changes (the defaults of today's FinetuneConfig are the starting point).
+# name -> FinetuneConfig changes (the defaults of today's FinetuneConfig are the starting point); "weight" is
+# not one: it serves the model that far from the parent's weights to the fine-tune's (training.finetune.between).
 VARIANTS: dict[str, dict] = {
     "defaults": {},
     "pooled (share 0)": {"reviewed_share": 0.0},
@@ -58,6 +59,10 @@ VARIANTS: dict[str, dict] = {
     "corrections x10": {"corrections": 10},
     "corrections x20": {"corrections": 20},
     "share 0.5 + corrections x5": {"reviewed_share": 0.5, "corrections": 5},
+    "share 0.5 weight 0.8": {"reviewed_share": 0.5, "weight": 0.8},
+    "share 0.5 weight 0.7": {"reviewed_share": 0.5, "weight": 0.7},
+    "share 0.5 weight 0.5": {"reviewed_share": 0.5, "weight": 0.5},
+    "pooled weight 0.7": {"reviewed_share": 0.0, "weight": 0.7},
 }
 
 
@@ -123,9 +128,9 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     return float(right.mean()), np.array([right[y == d].mean() for d in range(10)])
 
 
-def run(base, hands: list[HandData], config, mnist) -> dict:
-    """Return the figures of one fine-tune from `base` on the training parts of `hands`."""
-    from training.finetune import finetune
+def run(base, hands: list[HandData], config, mnist, *, weight: float = 1.0) -> dict:
+    """Return the figures of one fine-tune from `base` on the training parts of `hands`, taken `weight` of the way."""
+    from training.finetune import between, finetune
     from training.retraining import replay_sample
 
     (x_mnist, y_mnist), (x_test, y_test) = mnist
@@ -136,6 +141,8 @@ def run(base, hands: list[HandData], config, mnist) -> dict:
     started = time.perf_counter()
     tuned = finetune(base, x, y, config, replay=replay, callbacks=[epochs])
     seconds = time.perf_counter() - started - epochs.seconds
+    if weight < 1:
+        tuned = between(base, tuned, weight)
     mnist_accuracy, per_digit = accuracy(tuned, x_test, y_test)
     return {
         "model": tuned,
@@ -235,9 +242,11 @@ def main() -> None:
     for variant in chosen:
         rows = []
         for seed in seeds:
-            config = dataclasses.replace(defaults, seed=seed, **VARIANTS[variant])
+            changes = dict(VARIANTS[variant])
+            weight = changes.pop("weight", 1.0)
+            config = dataclasses.replace(defaults, seed=seed, **changes)
             for name, hand in hands.items():
-                result = run(base, [hand], config, mnist)
+                result = run(base, [hand], config, mnist, weight=weight)
                 rows.append((name, removed(base_new[name], result["new"][name]), result))
         shares = {name: np.mean([share for n, share, _ in rows if n == name]) for name in names}
         mnist_delta = np.mean([r["mnist"] - base_mnist for _, _, r in rows])

@@ -4,7 +4,9 @@ The training code with other values: a copy of the model, recompiled with a low,
 rate, the same augmentation pipeline, a few epochs. The caller passes an MNIST replay sample as
 `replay` (the `retrain` command does, with FinetuneConfig.replay_size digits). By default the
 reviewed drawings are pooled with it; FinetuneConfig.reviewed_share > 0 instead draws that share of
-every batch from the reviewed drawings (docs/retraining.md measures both).
+every batch from the reviewed drawings (docs/retraining.md measures both). `between(parent, tuned, w)`
+then gives a model whose weights lie w of the way from the parent's to the fine-tuned ones, which keeps
+most of what the fine-tune learnt at a fraction of what it cost MNIST.
 
     model = export.load(parent_dir)                      # the .keras of the active version
     tuned = finetune(model, x_new, y_new, FinetuneConfig(), replay=replay_sample(...))
@@ -89,6 +91,24 @@ def finetune(
         verbose=verbose,
     )
     return tuned
+
+
+def between(parent: keras.Model, tuned: keras.Model, weight: float) -> keras.Model:
+    """Return a new model whose weights are `weight` x tuned's + (1 - weight) x parent's (both left untouched).
+
+    `tuned` must be a fine-tune of `parent` (same layers): the two lie in one basin of the loss, and the
+    straight line between them first keeps what the fine-tune learnt and only then returns what it cost
+    (weight-space ensembling, "WiSE-FT"; docs/retraining.md measures it). BatchNorm statistics, frozen
+    by the fine-tune, are the same in both. The fit's per-epoch record (`history`) comes along.
+    """
+    if not 0 <= weight <= 1:
+        raise ValueError(f"weight must be between 0 and 1, not {weight:g}.")
+    blended = keras.models.clone_model(tuned)
+    blended.set_weights(
+        [(1 - weight) * old + weight * new for old, new in zip(parent.get_weights(), tuned.get_weights(), strict=True)]
+    )
+    blended.history = getattr(tuned, "history", None)
+    return blended
 
 
 def with_corrections_repeated(

@@ -25,10 +25,33 @@ CLASS_MARGIN = 0.01
 # this share of them would have to change digit to match. Reviews of one site drift slowly; a sudden
 # jump is worth a look (a reviewer relabelling a whole digit, or deliberately skewed labels).
 LABEL_SHIFT_LIMIT = 0.3
-# The mixes a run tries in turn (FinetuneConfig.reviewed_share), each only if the gate refused the one
-# before: half of every batch from the reviewed drawings learns a new hand best, but on a hand far from
-# MNIST it can cost MNIST more than the gate allows; pooled with the replay, they cost it least.
-REVIEWED_SHARES = (0.5, 0.0)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """One candidate model of a run: how the fine-tune mixes the reviewed drawings, and how far its result is taken."""
+
+    reviewed_share: float  # FinetuneConfig.reviewed_share: share of each batch from the reviewed drawings, 0 = pooled
+    weight: float = 1.0  # the served weights: weight x the fine-tuned ones + (1 - weight) x the parent's
+
+    @property
+    def name(self) -> str:
+        """Return the mix in words, as the report and a version's notes give it."""
+        if self.reviewed_share <= 0:
+            name = "reviewed drawings pooled with the replay digits"
+        else:
+            name = f"{self.reviewed_share:.0%} of each batch from the reviewed drawings"
+        if self.weight < 1:
+            name += f", {self.weight:.0%} of the way from the parent's weights to the fine-tune's"
+        return name
+
+
+# The candidates a run tries in turn, each only if the gate refused the one before. Half of every batch
+# from the reviewed drawings learns a new hand best, but on a hand far from MNIST it can cost MNIST more
+# than the gate allows; most of what it learnt stays, at about half the cost, 70% of the way from the
+# parent's weights (no second fit: the same fine-tune, averaged with its parent); pooled with the replay,
+# the reviewed drawings cost MNIST least. docs/retraining.md measures all three.
+MIXES = (Mix(0.5), Mix(0.5, 0.7), Mix(0.0))
 
 
 class Reviewed(Protocol):
@@ -334,13 +357,6 @@ def gate(
         )
         reasons.append(f"MNIST test per digit: {largest} (the limit is -{100 * class_margin:.2f}), within the margin")
     return Decision(tuple(reasons), tuple(refusals), deltas, worst, label_shift)
-
-
-def mix_name(share: float) -> str:
-    """Return how a fine-tune with this reviewed share mixes the reviewed drawings with the replay, in words."""
-    if share <= 0:
-        return "reviewed drawings pooled with the replay digits"
-    return f"{share:.0%} of each batch from the reviewed drawings"
 
 
 def percent(value: float | None, digits: int = 1) -> str:

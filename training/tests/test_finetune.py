@@ -5,7 +5,7 @@ from training import export
 from training.config import FinetuneConfig
 from training.data import load_mnist
 from training.evaluate import evaluate, predict_probabilities
-from training.finetune import finetune, training_mix, with_corrections_repeated
+from training.finetune import between, finetune, training_mix, with_corrections_repeated
 from training.model import model_temperature
 from training.train import BASE_DIR
 
@@ -138,3 +138,25 @@ def test_the_drawings_the_parent_misreads_count_as_often_as_configured(base, new
         assert sum(np.array_equal(image, other) for other in extra) == 3
     assert not any(np.array_equal(image, other) for image in x[~misread] for other in extra)
     assert with_corrections_repeated(base, x, y, 1)[0] is x
+
+
+def test_a_model_between_parent_and_fine_tune_has_weights_on_the_line_between_them(base, new_style):
+    x, y = new_style
+    tuned = finetune(base, x, y, FinetuneConfig(epochs=1, batch_size=32, learning_rate=1e-3, augment=None))
+    parent_weights, tuned_weights = base.get_weights(), tuned.get_weights()
+    for weight in (0.0, 0.7, 1.0):
+        blended = between(base, tuned, weight)
+        assert blended is not base and blended is not tuned
+        for old, new, kept in zip(parent_weights, tuned_weights, blended.get_weights(), strict=True):
+            np.testing.assert_allclose(kept, (1 - weight) * old + weight * new, rtol=1e-6, atol=1e-7)
+        assert model_temperature(blended) == pytest.approx(model_temperature(base))
+    assert blended.history is tuned.history
+    np.testing.assert_allclose(predict_probabilities(blended, x), predict_probabilities(tuned, x), atol=1e-6)
+    np.testing.assert_allclose(
+        predict_probabilities(between(base, tuned, 0.0), x), predict_probabilities(base, x), atol=1e-6
+    )
+    # The two it lies between are left as they were.
+    assert all(np.array_equal(a, b) for a, b in zip(base.get_weights(), parent_weights))
+    assert all(np.array_equal(a, b) for a, b in zip(tuned.get_weights(), tuned_weights))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        between(base, tuned, 1.5)

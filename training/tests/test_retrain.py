@@ -1,5 +1,6 @@
 import dataclasses
 import io
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -230,19 +231,70 @@ def test_a_gentler_mix_is_tried_when_the_gate_refuses_the_first(reviewed, api_cl
     monkeypatch.setattr(finetune_module, "finetune", refused_unless_pooled)
     output = retrain(*TINY)
 
+    # The second candidate is the first fine-tune taken part of the way: fitted once, not twice.
     assert mixes == [0.5, 0.0]
     served = ModelVersion.objects.get(version=2)
     assert served.is_active and served.metrics["gate"]["passed"] is True
     assert served.metrics["config"]["reviewed_share"] == 0.0
-    first, second = served.metrics["tries"]
-    assert first["reviewed_share"] == 0.5 and first["passed"] is False and first["mnist_test_accuracy"] < 0.2
-    assert second["reviewed_share"] == 0.0 and second["passed"] is True
-    assert second["mnist_test_accuracy"] == served.metrics["mnist_test_accuracy"]
-    assert output.index("Gate FAILED") < output.index("Trying the next mix (2 of 2)") < output.index("Gate passed")
+    first, second, third = served.metrics["tries"]
+    assert (first["reviewed_share"], first["weight"], first["passed"]) == (0.5, 1.0, False)
+    assert (second["reviewed_share"], second["weight"], second["passed"]) == (0.5, 0.7, False)
+    assert first["mnist_test_accuracy"] < 0.2 and second["fit_seconds"] == 0
+    assert (third["reviewed_share"], third["weight"], third["passed"]) == (0.0, 1.0, True)
+    assert third["mnist_test_accuracy"] == served.metrics["mnist_test_accuracy"]
+    assert output.index("Gate FAILED") < output.index("Trying the next mix (2 of 3)")
+    assert output.index("(the fine-tune above, not fitted again)") < output.index("Trying the next mix (3 of 3)")
+    assert output.index("Trying the next mix (3 of 3)") < output.index("Gate passed")
     assert "(reviewed drawings pooled with the replay digits): gate passed." in served.notes
-    tried_first = served.notes.splitlines()[-1]
+    tried_first, tried_next = served.notes.splitlines()[-2:]
     assert tried_first.startswith("Tried first: 50% of each batch from the reviewed drawings; refused: held-out")
     assert "; MNIST test: " in tried_first and "dropped too far" in tried_first
+    assert tried_next.startswith(
+        "Tried next: 50% of each batch from the reviewed drawings, 70% of the way from the parent's weights to "
+        "the fine-tune's; refused: "
+    )
+    assert served_version(api_client, mnist_train) == 2
+
+
+@pytest.mark.django_db
+def test_the_fine_tune_part_of_the_way_from_its_parent_is_served_when_the_whole_is_refused(
+    reviewed, api_client, mnist_train, monkeypatch
+):
+    from training import export
+    from training import finetune as finetune_module
+
+    real_finetune, real_gate = finetune_module.finetune, retraining.gate
+    fitted, verdicts = [], []
+
+    def recorded_finetune(model, x, y, config, **options):
+        fitted.append((model.get_weights(), real_finetune(model, x, y, config, **options)))
+        return fitted[-1][1]
+
+    def refuse_the_first(**figures):
+        decision = real_gate(**figures)
+        if not verdicts:
+            decision = dataclasses.replace(decision, refusals=("held-out reviewed drawings: refused by the test",))
+        verdicts.append(decision.passed)
+        return decision
+
+    monkeypatch.setattr(finetune_module, "finetune", recorded_finetune)
+    monkeypatch.setattr(retraining, "gate", refuse_the_first)
+    output = retrain(*TINY)
+
+    assert len(fitted) == 1 and verdicts == [False, True]
+    served = ModelVersion.objects.get(version=2)
+    assert served.is_active and [(t["weight"], t["passed"]) for t in served.metrics["tries"]] == [
+        (1.0, False),
+        (0.7, True),
+    ]
+    assert "Trying the next mix (3 of 3)" not in output
+    assert "70% of the way from the parent's weights to the fine-tune's): gate passed." in served.notes
+    parent_weights, tuned = fitted[0]
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / export.KERAS_FILE).write_bytes(served.keras.read())
+        stored = export.load(directory).get_weights()
+    for old, new, kept in zip(parent_weights, tuned.get_weights(), stored, strict=True):
+        np.testing.assert_allclose(kept, 0.3 * old + 0.7 * new, rtol=1e-5, atol=1e-6)
     assert served_version(api_client, mnist_train) == 2
 
 

@@ -20,7 +20,7 @@ from predictor.tasks import RUN_OPTIONS, RetrainAlreadyQueued, retrain_run_reque
 from training import retraining, runs
 from training.config import FinetuneConfig, override
 from training.data import load_mnist
-from training.retraining import Dataset, Decision, LabelShift, Scores
+from training.retraining import Dataset, Decision, LabelShift, Mix, Scores
 
 if TYPE_CHECKING:
     import keras
@@ -34,20 +34,22 @@ Item = TypeVar("Item")
 
 @dataclass(frozen=True)
 class Try:
-    """One fine-tune of a run: its configuration, model, export, scores as served and the gate's decision."""
+    """One candidate of a run: its mix and configuration, model, export, scores as served and the gate's decision."""
 
+    mix: Mix
     config: FinetuneConfig
     model: "keras.Model"
     exported: dict[str, Any]  # what training.export.save returned
     after: Scores
     decision: Decision
-    fit_seconds: float
+    fit_seconds: float  # 0 when it reused the fit of an earlier candidate
     directory: Path  # its .keras and .tflite
 
     def summary(self) -> dict[str, Any]:
         """Return the try as JSON-ready figures for the "tries" part of a version's metrics."""
         return {
-            "reviewed_share": self.config.reviewed_share,
+            "reviewed_share": self.mix.reviewed_share,
+            "weight": self.mix.weight,
             "passed": self.decision.passed,
             **self.after.accuracies(),
             "worst_class": self.decision.worst_class,
@@ -66,7 +68,7 @@ class Command(BaseCommand):
 
     # Read once from the options by handle().
     config: FinetuneConfig
-    shares: tuple[float, ...]  # the mixes tried in turn (FinetuneConfig.reviewed_share), until one passes the gate
+    mixes: tuple[Mix, ...]  # the candidates tried in turn, until one passes the gate
     min_examples: int
     mnist_margin: float
     class_margin: float
@@ -90,9 +92,9 @@ class Command(BaseCommand):
             type=float,
             metavar="SHARE",
             help="share of each training batch taken from the reviewed drawings, 0 to 1; 0 pools them with the "
-            "replay digits. Default: "
-            + ", then ".join(f"{share:g}" for share in retraining.REVIEWED_SHARES)
-            + ", the next only if the gate refuses the model of the one before",
+            "replay digits; given, only that mix is tried, as fitted. Default: "
+            + "; then ".join(mix.name for mix in retraining.MIXES)
+            + "; each only if the gate refuses the model of the one before",
         )
         # Defaults are None and resolved in handle(), so a run records only the options it was given.
         parser.add_argument(
@@ -137,7 +139,7 @@ class Command(BaseCommand):
         self.config = override(
             FinetuneConfig(), epochs=options["epochs"], replay_size=options["replay"], seed=options["seed"]
         )
-        self.shares = retraining.REVIEWED_SHARES if share is None else (share,)
+        self.mixes = retraining.MIXES if share is None else (Mix(share),)
         self.min_examples = first_given(options["min_examples"], settings.DIGIT_RETRAIN_MIN_EXAMPLES)
         self.mnist_margin = first_given(options["mnist_margin"], settings.DIGIT_RETRAIN_MNIST_MARGIN)
         self.class_margin = first_given(options["class_margin"], settings.DIGIT_RETRAIN_CLASS_MARGIN)
@@ -272,7 +274,7 @@ class Command(BaseCommand):
                 f'{self.min_examples}. Label more in the admin (Drawings, filter "Needs review"), '
                 "or lower --min-examples."
             )
-        mix = "; if the gate refuses its model, ".join(retraining.mix_name(share) for share in self.shares)
+        mix = "; if the gate refuses its model, ".join(mix.name for mix in self.mixes)
         self.stdout.write(
             f"Fine-tuning: {self.config.epochs} epochs, learning rate {self.config.learning_rate:g}, {mix}, "
             f"augmentation {'on' if self.config.augment else 'off'}, seed {self.config.seed}"
@@ -297,15 +299,15 @@ class Command(BaseCommand):
             before = retraining.score(work / "parent" / export.TFLITE_FILE, dataset, x_test, y_test)
             self.stdout.write(f"Training on {len(dataset.train.y)} drawings + {len(replay[1])} MNIST digits ...")
             # The strongest mix first: a mix that learns a hand harder can cost MNIST more than the gate
-            # allows, and then the next, gentler one is tried (docs/retraining.md measures both).
+            # allows, and then the next, gentler one is tried (docs/retraining.md measures them).
             tries: list[Try] = []
-            for number, share in enumerate(self.shares, start=1):
-                config = override(self.config, reviewed_share=share)
+            fits: dict[float, tuple[keras.Model, float]] = {}  # reviewed share -> (fine-tuned model, fit seconds)
+            for number, mix in enumerate(self.mixes, start=1):
                 tried = self.fit_and_judge(
-                    run, model, config, dataset, replay, (x_test, y_test), before, shift, work / f"try-{number}"
+                    run, model, mix, fits, dataset, replay, (x_test, y_test), before, shift, work / f"try-{number}"
                 )
                 tries.append(tried)
-                self.report(parent, before, tried, number=number, of=len(self.shares))
+                self.report(parent, before, tried, number=number, of=len(self.mixes))
                 if tried.decision.passed:
                     break
             chosen = tries[-1]
@@ -363,7 +365,8 @@ class Command(BaseCommand):
         self,
         run: RetrainRun,
         model: "keras.Model",
-        config: FinetuneConfig,
+        mix: Mix,
+        fits: "dict[float, tuple[keras.Model, float]]",
         dataset: Dataset,
         replay: tuple[np.ndarray, np.ndarray],
         test: tuple[np.ndarray, np.ndarray],
@@ -371,31 +374,43 @@ class Command(BaseCommand):
         shift: LabelShift,
         directory: Path,
     ) -> Try:
-        """Return one fine-tune of `model` with `config`, exported into `directory`, scored as served and gated."""
-        from training import export
-        from training.finetune import finetune
+        """Return the candidate `mix` of `model`, exported into `directory`, scored as served and gated.
 
-        self.stdout.write(f"Mix: {retraining.mix_name(config.reviewed_share)}")
+        A mix whose reviewed share was fitted already (in `fits`) reuses that fine-tune; a new fit is added to `fits`.
+        """
+        from training import export
+        from training.finetune import between, finetune
+
+        self.stdout.write(f"Mix: {mix.name}")
+        config = override(self.config, reviewed_share=mix.reviewed_share)
         x_test, y_test = test
-        fit_started = time.perf_counter()
-        # A live progress bar on a terminal, one line per epoch in a log.
-        verbose = 1 if sys.stdout.isatty() else 2
-        # Keras prints to sys.stdout: its lines go to the run's log too, and each epoch into its progress.
-        with (
-            runs.RunLog(run, echo=sys.stdout, on_line=self.epoch_progress) as keras_output,
-            contextlib.redirect_stdout(keras_output),
-        ):
-            tuned = finetune(
-                model,
-                dataset.train.x,
-                dataset.train.y,
-                config,
-                replay=replay,
-                # Measured after each epoch for the record (the version page's curves), never chosen on.
-                watch=(dataset.heldout.x, dataset.heldout.y),
-                verbose=verbose,
-            )
-        fit_seconds = time.perf_counter() - fit_started
+        fit_seconds = 0.0
+        if mix.reviewed_share in fits:
+            self.stdout.write("  (the fine-tune above, not fitted again)")
+        else:
+            fit_started = time.perf_counter()
+            # A live progress bar on a terminal, one line per epoch in a log.
+            verbose = 1 if sys.stdout.isatty() else 2
+            # Keras prints to sys.stdout: its lines go to the run's log too, and each epoch into its progress.
+            with (
+                runs.RunLog(run, echo=sys.stdout, on_line=self.epoch_progress) as keras_output,
+                contextlib.redirect_stdout(keras_output),
+            ):
+                fitted = finetune(
+                    model,
+                    dataset.train.x,
+                    dataset.train.y,
+                    config,
+                    replay=replay,
+                    # Measured after each epoch for the record (the version page's curves), never chosen on.
+                    watch=(dataset.heldout.x, dataset.heldout.y),
+                    verbose=verbose,
+                )
+            fit_seconds = time.perf_counter() - fit_started
+            fits[mix.reviewed_share] = (fitted, fit_seconds)
+        tuned = fits[mix.reviewed_share][0]
+        if mix.weight < 1:
+            tuned = between(model, tuned, mix.weight)
         self.step("exporting")
         try:
             exported = export.save(
@@ -415,7 +430,7 @@ class Command(BaseCommand):
             class_margin=self.class_margin,
             label_shift=shift,
         )
-        return Try(config, tuned, exported, after, decision, fit_seconds, directory)
+        return Try(mix, config, tuned, exported, after, decision, fit_seconds, directory)
 
     def report(self, parent: ModelVersion, before: Scores, tried: Try, *, number: int, of: int) -> None:
         """Write the before/after table of one try, the gate's reasons and its warnings."""
@@ -517,11 +532,11 @@ def notes(parent: ModelVersion, tries: list[Try], activate: bool) -> str:
         outcome = "gate passed" + ("" if activate else ", not activated")
     else:
         outcome = "gate failed, not activated"
-    mix = retraining.mix_name(tries[-1].config.reviewed_share)
+    mix = tries[-1].mix.name
     details = [*decision.reasons, *(f"Warning: {warning}" for warning in decision.warnings)]
-    for tried in tries[:-1]:
+    for number, tried in enumerate(tries[:-1]):
         details.append(
-            f"Tried first: {retraining.mix_name(tried.config.reviewed_share)}; refused: "
+            f"Tried {'first' if number == 0 else 'next'}: {tried.mix.name}; refused: "
             + "; ".join(tried.decision.refusals)
         )
     return f"Retrained from v{parent.version} ({mix}): {outcome}.\n" + "\n".join(details)
