@@ -54,7 +54,7 @@ from hands import CANVAS, HANDS, HELD_OUT_DIGITS, REVIEWED_DIGITS, Hand, hand_se
 ORDINARY_DIGITS = slice(30_000, 30_500)  # MNIST training digits redrawn as ordinary canvas drawings
 DIGIT_ORDER_SEED = 8  # fixes which MNIST digits each hand's slice of a range holds
 CLIENTS = 4  # requests in flight while measuring: enough to keep gunicorn's 2 workers busy
-# The targets of issue 15, with retrain's defaults, for every hand.
+# The targets of docs/retraining.md ("Style-shift benchmarks"), with retrain's defaults, for every hand.
 TARGET_REMOVED = 0.6  # share of the shipped model's errors on the held-out drawings removed
 TARGET_MNIST_DROP = 0.002  # largest MNIST test drop through the API (fraction)
 TARGET_CLASS_DROP = 0.005  # largest drop of any one MNIST digit through the API (fraction)
