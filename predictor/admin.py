@@ -432,7 +432,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     inlines = (ModelActivationInline,)
     fieldsets = (
         (None, {"fields": ("version", "is_active", "lineage", "created_at", "notes", "artefacts")}),
-        (_("How it reads digits"), {"fields": ("accuracy_table", "gate_verdict")}),
+        (_("How it reads digits"), {"fields": ("accuracy_table", "gate_verdict", "candidates")}),
         (_("Training"), {"fields": ("training_curves", "confusion_matrices")}),
         (_("Data, size and time"), {"fields": ("dataset_sizes", "model_facts")}),
         # Django draws a "collapse" fieldset as a closed <details>: the record is there, out of the way.
@@ -447,6 +447,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "artefacts",
         "accuracy_table",
         "gate_verdict",
+        "candidates",
         "training_curves",
         "confusion_matrices",
         "dataset_sizes",
@@ -575,6 +576,53 @@ class ModelVersionAdmin(admin.ModelAdmin):
             reasons = []
         items = format_html_join("", "<li>{}</li>", ((reason,) for reason in reasons))
         return format_html('{}<ul class="gate-reasons">{}</ul>', verdict, items)
+
+    @admin.display(description=_("candidates tried"))
+    def candidates(self, version):
+        # retrain tries its mixes in turn until the gate passes one; the last row is this version.
+        tries = _metrics(version).get("tries")
+        if not isinstance(tries, list) or not tries:
+            return NOT_RECORDED if version.parent_id else _("None: it was trained from scratch.")
+        rows = []
+        for tried in tries:
+            tried = selectors.json_object(tried)
+            worst, delta = tried.get("worst_class"), tried.get("worst_class_delta")
+            fit, mix = tried.get("fit_seconds"), tried.get("mix")
+            if not isinstance(fit, int | float) or isinstance(fit, bool):
+                fit = "-"
+            else:
+                fit = _duration(fit) if fit > 0 else _("none: the fit above")
+            rows.append(
+                (
+                    mix if isinstance(mix, str) else "-",
+                    _percent(tried.get("heldout_accuracy"), 1) or "-",
+                    _percent(tried.get("mnist_test_accuracy"), 2) or "-",
+                    _("%(digit)s: %(change)s points") % {"digit": worst, "change": _number(100 * delta, "{:+.2f}")}
+                    if _is_number(worst) and isinstance(delta, int | float)
+                    else _("none fell"),
+                    fit,
+                    _("passed") if tried.get("passed") is True else _("refused"),
+                )
+            )
+        head = format_html_join(
+            "",
+            '<th scope="col">{}</th>',
+            (
+                (heading,)
+                for heading in (
+                    _("mix"),
+                    _("held-out reviewed"),
+                    _("MNIST test"),
+                    _("MNIST digit that fell most"),
+                    _("fit"),
+                    _("gate"),
+                )
+            ),
+        )
+        body = format_html_join("", "<tr>" + '<th scope="row">{}</th>' + "<td>{}</td>" * 5 + "</tr>", rows)
+        return format_html(
+            '<table class="facts candidates"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>', head, body
+        )
 
     @admin.display(description=_("training curves"))
     def training_curves(self, version):

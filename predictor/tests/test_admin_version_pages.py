@@ -58,6 +58,20 @@ def retrained_version(parent, version=2, **metrics):
                 "reasons": ["held-out reviewed drawings: 80.0% -> 90.0% (not worse)"],
                 "mnist_margin": 0.002,
             },
+            "tries": [
+                {
+                    "mix": "50% of each batch from the reviewed drawings",
+                    "reviewed_share": 0.5,
+                    "weight": 1.0,
+                    "passed": True,
+                    "heldout_accuracy": 0.9,
+                    "mnist_test_accuracy": 0.9961,
+                    "train_accuracy": 0.97,
+                    "worst_class": 3,
+                    "worst_class_delta": -0.002,
+                    "fit_seconds": 41.2,
+                }
+            ],
             "fit_seconds": 41.2,
             "train_seconds": 63.9,
             **metrics,
@@ -157,12 +171,14 @@ def test_version_page_copes_with_missing_odd_and_hostile_metrics(admin_client, m
         "gate": {"passed": False, "reasons": ["<script>alert(1)</script>"]},
         "before": [],
         "tflite_bytes": None,
+        "tries": [{"mix": "<script>alert(2)</script>", "worst_class": "7", "fit_seconds": "slow"}, "a try", 3],
     }
     model_version.notes = "<img src=x onerror=alert(1)>"
     model_version.save()
     html = version_page(admin_client, model_version)
     assert "<script>alert(1)" not in html and "<img src=x" not in html and "<b>val</b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in outside_details(html)
+    assert "<script>alert(2)" not in html and "&lt;script&gt;alert(2)&lt;/script&gt;" in outside_details(html)
     assert outside_details(html).count('<svg class="chart"') == 0  # nothing drawable: no half-drawn pictures
 
 
@@ -173,3 +189,50 @@ def test_version_list_and_page_cope_with_a_record_that_is_not_a_json_object(admi
     assert listing.status_code == 200
     html = outside_details(version_page(admin_client, model_version))
     assert "Not recorded for this version." in html and "None: the gate judges a retrained version" in html
+
+
+@pytest.mark.django_db
+def test_retrained_version_page_lists_the_candidates_its_run_tried(reviewer_client, model_version):
+    half = "50% of each batch from the reviewed drawings"
+    tries = [
+        {
+            "mix": half,
+            "reviewed_share": 0.5,
+            "weight": 1.0,
+            "passed": False,
+            "heldout_accuracy": 0.95,
+            "mnist_test_accuracy": 0.9943,
+            "train_accuracy": 0.99,
+            "worst_class": 7,
+            "worst_class_delta": -0.0156,
+            "fit_seconds": 41.0,
+        },
+        {
+            "mix": half + ", 70% of the way from the parent's weights to the fine-tune's",
+            "reviewed_share": 0.5,
+            "weight": 0.7,
+            "passed": True,
+            "heldout_accuracy": 0.94,
+            "mnist_test_accuracy": 0.9961,
+            "train_accuracy": 0.98,
+            "worst_class": None,
+            "worst_class_delta": None,
+            "fit_seconds": 0.0,
+        },
+    ]
+    html = outside_details(version_page(reviewer_client, retrained_version(model_version, tries=tries)))
+
+    table = re.search(r'<table class="facts candidates">(.*?)</table>', html, flags=re.DOTALL).group(1)
+    rows = re.findall(r"<tr>(.*?)</tr>", table, flags=re.DOTALL)
+    cells = [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row) for row in rows]
+    assert cells[0] == ["mix", "held-out reviewed", "MNIST test", "MNIST digit that fell most", "fit", "gate"]
+    assert cells[1] == [half, "95.0%", "99.43%", "7: -1.56 points", "41 s", "refused"]
+    assert cells[2] == [
+        half + ", 70% of the way from the parent&#x27;s weights to the fine-tune&#x27;s",
+        "94.0%",
+        "99.61%",
+        "none fell",
+        "none: the fit above",
+        "passed",
+    ]
+    assert "None: it was trained from scratch." in outside_details(version_page(reviewer_client, model_version))

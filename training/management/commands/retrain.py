@@ -48,6 +48,7 @@ class Try:
     def summary(self) -> dict[str, Any]:
         """Return the try as JSON-ready figures for the "tries" part of a version's metrics."""
         return {
+            "mix": self.mix.name,
             "reviewed_share": self.mix.reviewed_share,
             "weight": self.mix.weight,
             "passed": self.decision.passed,
