@@ -501,14 +501,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("fine-tuned from"))
     def lineage(self, version):
-        # One query for the whole chain, however many retrains deep.
-        versions = ModelVersion.objects.only("id", "version", "is_active", "parent_id").in_bulk()
-        chain, seen = [], {version.id}
-        parent_id = version.parent_id
-        while parent_id in versions and parent_id not in seen:
-            seen.add(parent_id)
-            chain.append(versions[parent_id])
-            parent_id = versions[parent_id].parent_id
+        chain = selectors.model_version_ancestors(version=version)
         if not chain:
             return _("nothing: trained from scratch")
         links = format_html_join(

@@ -285,6 +285,21 @@ def drawing_history(*, visitor: str | None) -> QuerySet[Drawing]:
     return Drawing.objects.filter(visitor=visitor).select_related("model_version").order_by("-created_at")
 
 
+def model_version_ancestors(*, version: ModelVersion) -> list[ModelVersion]:
+    """Return the versions `version` was retrained from: its parent first, the first version of its line last.
+
+    One query however deep the line; each has only id, version, is_active and parent_id loaded.
+    """
+    versions = ModelVersion.objects.only("id", "version", "is_active", "parent_id").in_bulk()
+    chain, seen = [], {version.id}
+    parent_id = version.parent_id
+    while parent_id in versions and parent_id not in seen:
+        seen.add(parent_id)
+        chain.append(versions[parent_id])
+        parent_id = versions[parent_id].parent_id
+    return chain
+
+
 def model_version_active_id() -> int | None:
     """Return the id of the active ModelVersion (one indexed query), or None when none is active."""
     return ModelVersion.objects.filter(is_active=True).values_list("id", flat=True).first()

@@ -25,6 +25,7 @@ RUN_OPTIONS = frozenset(
         "mnist_margin",
         "class_margin",
         "seed",
+        "start",
         "no_activate",
         "force",
     }

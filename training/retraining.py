@@ -5,7 +5,7 @@ the promotion gate and the report. No Django and no TensorFlow, so a dry run loa
 
 import hashlib
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,7 +42,7 @@ class Mix:
         else:
             name = f"{self.reviewed_share:.0%} of each batch from the reviewed drawings"
         if self.weight < 1:
-            name += f", {self.weight:.0%} of the way from the parent's weights to the fine-tune's"
+            name += f", {self.weight:.0%} of the way from the starting weights to the fine-tune's"
         return name
 
 
@@ -292,10 +292,15 @@ def gate(
     mnist_margin: float,
     class_margin: float = CLASS_MARGIN,
     label_shift: LabelShift | None = None,
+    mnist_first: Score | None = None,
+    first_name: str = "the first version",
 ) -> Decision:
     """Return whether the retrained model passes: not worse on held-out drawings, MNIST and each digit within margins.
 
-    A sharp label shift (`label_shift.warning`) is reported with the decision but does not decide it.
+    The MNIST checks are made against the current model (`mnist_before`) and, when given, against the
+    first version of its line (`mnist_first`, named `first_name`), so that retrain after retrain cannot
+    each take a little of MNIST until much is gone. A sharp label shift (`label_shift.warning`) is
+    reported with the decision but does not decide it.
     """
     reasons, refusals = [], []
 
@@ -323,13 +328,31 @@ def gate(
                 f"only {heldout_after.size} held-out drawings: one drawing moves their accuracy by "
                 f"{100 / heldout_after.size:.1f} points, so this check says little yet"
             )
-    change = mnist_after.accuracy - mnist_before.accuracy
-    within = change >= -mnist_margin - 1e-12
+    deltas, worst = _mnist_checks(mnist_before, mnist_after, mnist_margin, class_margin, "", reasons, refuse)
+    if mnist_first is not None:
+        _mnist_checks(mnist_first, mnist_after, mnist_margin, class_margin, f" against {first_name}", reasons, refuse)
+    return Decision(tuple(reasons), tuple(refusals), deltas, worst, label_shift)
+
+
+def _mnist_checks(
+    before: Score,
+    after: Score,
+    margin: float,
+    class_margin: float,
+    against: str,
+    reasons: list[str],
+    refuse: Callable[[str], None],
+) -> tuple[tuple[float | None, ...], int | None]:
+    """Add the MNIST test checks of `after` against `before` to `reasons` (refusing through `refuse`).
+
+    Return the change of each digit and the digit that fell most (None if none fell).
+    """
+    change = after.accuracy - before.accuracy
     overall = (
-        f"MNIST test: {percent(mnist_before.accuracy, 2)} -> {percent(mnist_after.accuracy, 2)} "
-        f"({100 * change:+.2f} points; the limit is -{100 * mnist_margin:.2f}), "
+        f"MNIST test{against}: {percent(before.accuracy, 2)} -> {percent(after.accuracy, 2)} "
+        f"({100 * change:+.2f} points; the limit is -{100 * margin:.2f}), "
     )
-    if within:
+    if change >= -margin - 1e-12:
         reasons.append(overall + "within the margin")
     else:
         refuse(overall + "dropped too far")
@@ -337,16 +360,15 @@ def gate(
     # Reviews labelled to teach one digit as another can raise held-out accuracy (the held-out reviews
     # carry the same labels) while MNIST overall hardly moves; the digit they take from does fall.
     deltas = tuple(
-        None if before is None or after is None else after - before
-        for before, after in zip(mnist_before.per_class, mnist_after.per_class)
+        None if was is None or now is None else now - was for was, now in zip(before.per_class, after.per_class)
     )
     fell = {digit: delta for digit, delta in enumerate(deltas) if delta is not None and delta < 0}
     worst = min(fell, key=fell.get) if fell else None
     too_far = [digit for digit, delta in fell.items() if delta < -class_margin - 1e-12]
     for digit in too_far:
         refuse(
-            f"MNIST test digit {digit}: {percent(mnist_before.per_class[digit], 2)} -> "
-            f"{percent(mnist_after.per_class[digit], 2)} ({100 * deltas[digit]:+.2f} points; the limit per digit "
+            f"MNIST test digit {digit}{against}: {percent(before.per_class[digit], 2)} -> "
+            f"{percent(after.per_class[digit], 2)} ({100 * deltas[digit]:+.2f} points; the limit per digit "
             f"is -{100 * class_margin:.2f}), dropped too far"
         )
     if not too_far:
@@ -355,8 +377,10 @@ def gate(
             if worst is None
             else f"the largest fall is digit {worst}, {100 * deltas[worst]:+.2f} points"
         )
-        reasons.append(f"MNIST test per digit: {largest} (the limit is -{100 * class_margin:.2f}), within the margin")
-    return Decision(tuple(reasons), tuple(refusals), deltas, worst, label_shift)
+        reasons.append(
+            f"MNIST test per digit{against}: {largest} (the limit is -{100 * class_margin:.2f}), within the margin"
+        )
+    return deltas, worst
 
 
 def percent(value: float | None, digits: int = 1) -> str:

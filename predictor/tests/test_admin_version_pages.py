@@ -208,7 +208,7 @@ def test_retrained_version_page_lists_the_candidates_its_run_tried(reviewer_clie
             "fit_seconds": 41.0,
         },
         {
-            "mix": half + ", 70% of the way from the parent's weights to the fine-tune's",
+            "mix": half + ", 70% of the way from the starting weights to the fine-tune's",
             "reviewed_share": 0.5,
             "weight": 0.7,
             "passed": True,
@@ -228,7 +228,7 @@ def test_retrained_version_page_lists_the_candidates_its_run_tried(reviewer_clie
     assert cells[0] == ["mix", "held-out reviewed", "MNIST test", "MNIST digit that fell most", "fit", "gate"]
     assert cells[1] == [half, "95.0%", "99.43%", "7: -1.56 points", "41 s", "refused"]
     assert cells[2] == [
-        half + ", 70% of the way from the parent&#x27;s weights to the fine-tune&#x27;s",
+        half + ", 70% of the way from the starting weights to the fine-tune&#x27;s",
         "94.0%",
         "99.61%",
         "none fell",

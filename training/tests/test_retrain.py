@@ -250,7 +250,7 @@ def test_a_gentler_mix_is_tried_when_the_gate_refuses_the_first(reviewed, api_cl
     assert tried_first.startswith("Tried first: 50% of each batch from the reviewed drawings; refused: held-out")
     assert "; MNIST test: " in tried_first and "dropped too far" in tried_first
     assert tried_next.startswith(
-        "Tried next: 50% of each batch from the reviewed drawings, 70% of the way from the parent's weights to "
+        "Tried next: 50% of each batch from the reviewed drawings, 70% of the way from the starting weights to "
         "the fine-tune's; refused: "
     )
     assert served_version(api_client, mnist_train) == 2
@@ -288,7 +288,7 @@ def test_the_fine_tune_part_of_the_way_from_its_parent_is_served_when_the_whole_
         (0.7, True),
     ]
     assert "Trying the next mix (3 of 3)" not in output
-    assert "70% of the way from the parent's weights to the fine-tune's): gate passed." in served.notes
+    assert "70% of the way from the starting weights to the fine-tune's): gate passed." in served.notes
     parent_weights, tuned = fitted[0]
     with tempfile.TemporaryDirectory() as directory:
         (Path(directory) / export.KERAS_FILE).write_bytes(served.keras.read())
@@ -296,6 +296,69 @@ def test_the_fine_tune_part_of_the_way_from_its_parent_is_served_when_the_whole_
     for old, new, kept in zip(parent_weights, tuned.get_weights(), stored, strict=True):
         np.testing.assert_allclose(kept, 0.3 * old + 0.7 * new, rtol=1e-5, atol=1e-6)
     assert served_version(api_client, mnist_train) == 2
+
+
+def fine_tuned_models(monkeypatch) -> list[list[np.ndarray]]:
+    """Record the weights of each model `retrain` fine-tunes (the fine-tune itself is the real one)."""
+    from training import finetune as finetune_module
+
+    real_finetune, started = finetune_module.finetune, []
+
+    def recording(model, x, y, config, **options):
+        started.append(model.get_weights())
+        return real_finetune(model, x, y, config, **options)
+
+    monkeypatch.setattr(finetune_module, "finetune", recording)
+    return started
+
+
+def stored_weights(version: ModelVersion) -> list[np.ndarray]:
+    """Return the weights of a version's stored .keras."""
+    from training import export
+
+    with tempfile.TemporaryDirectory() as directory:
+        (Path(directory) / export.KERAS_FILE).write_bytes(version.keras.read())
+        return export.load(directory).get_weights()
+
+
+def same_weights(first: list[np.ndarray], second: list[np.ndarray]) -> bool:
+    return len(first) == len(second) and all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.django_db
+def test_a_second_retrain_fine_tunes_the_first_version_of_the_line_and_is_judged_against_it_too(reviewed, monkeypatch):
+    retrain(*TINY, "--reviewed-share", "0", "--force")
+    started = fine_tuned_models(monkeypatch)
+    output = retrain(*TINY, "--reviewed-share", "0", "--force")
+
+    first, second, third = (ModelVersion.objects.get(version=n) for n in (1, 2, 3))
+    assert third.parent == second and third.is_active
+    assert len(started) == 1 and same_weights(started[0], stored_weights(first))
+    assert not same_weights(started[0], stored_weights(second))
+    assert third.metrics["start"] == {"version": 1, "choice": "first"}
+    assert third.metrics["first"]["version"] == 1 and len(third.metrics["first"]["per_class_accuracy"]) == 10
+    assert third.metrics["first"]["mnist_test_accuracy"] == pytest.approx(first.metrics["mnist_test_accuracy"])
+    assert (
+        "Starting from version 1, the first of the active version's line; the gate compares with version 2 "
+        "(active) and, on MNIST, with version 1 (the first of its line)." in output
+    )
+    reasons = third.metrics["gate"]["reasons"]
+    assert any(r.startswith("MNIST test: ") for r in reasons)
+    assert any(r.startswith("MNIST test against v1, the first version of this line: ") for r in reasons)
+    assert third.metrics["before"]["version"] == 2
+
+
+@pytest.mark.django_db
+def test_start_active_fine_tunes_the_active_version(reviewed, monkeypatch):
+    retrain(*TINY, "--reviewed-share", "0", "--force")
+    started = fine_tuned_models(monkeypatch)
+    output = retrain(*TINY, "--reviewed-share", "0", "--force", "--start", "active")
+
+    second, third = (ModelVersion.objects.get(version=n) for n in (2, 3))
+    assert len(started) == 1 and same_weights(started[0], stored_weights(second))
+    assert third.metrics["start"] == {"version": 2, "choice": "active"}
+    assert "Starting from version 2, the active version; the gate compares with version 2" in output
+    assert RetrainRun.objects.latest("id").options["start"] == "active"
 
 
 @pytest.mark.django_db
@@ -494,6 +557,42 @@ def test_gate_refuses_a_model_that_forgets_one_digit_while_the_rest_looks_better
     metrics = decision.to_metrics()
     assert metrics["worst_class"] == 4 and metrics["worst_class_delta"] == pytest.approx(-0.015)
     assert len(metrics["class_deltas"]) == 10 and metrics["passed"] is False
+
+
+def test_gate_compares_mnist_with_the_first_version_of_the_line_too():
+    # Each retrain within the margin of its parent, yet together far below where the line started.
+    first = [0.995] * 10
+    after = [0.993] * 10
+    after[7] = 0.982
+    decision = retraining.gate(
+        heldout_before=Score(100, 0.9),
+        heldout_after=Score(100, 0.9),
+        mnist_before=mnist(0.9935, [0.993] * 7 + [0.99] + [0.993] * 2),
+        mnist_after=mnist(0.9922, after),
+        mnist_margin=0.002,
+        class_margin=0.01,
+        mnist_first=mnist(0.995, first),
+        first_name="v1, the first version of this line",
+    )
+    assert not decision.passed
+    assert list(decision.refusals) == [
+        "MNIST test against v1, the first version of this line: 99.50% -> 99.22% (-0.28 points; the limit is "
+        "-0.20), dropped too far",
+        "MNIST test digit 7 against v1, the first version of this line: 99.50% -> 98.20% (-1.30 points; the "
+        "limit per digit is -1.00), dropped too far",
+    ]
+    # Against its parent it is within both margins; the recorded per-digit changes are those against the parent.
+    assert "MNIST test: 99.35% -> 99.22% (-0.13 points; the limit is -0.20), within the margin" in decision.reasons
+    assert decision.worst_class == 7 and decision.worst_class_delta == pytest.approx(-0.008)
+    same = retraining.gate(
+        heldout_before=Score(100, 0.9),
+        heldout_after=Score(100, 0.9),
+        mnist_before=mnist(0.9935),
+        mnist_after=mnist(0.9935),
+        mnist_margin=0.002,
+        mnist_first=mnist(0.995),
+    )
+    assert same.passed and any(r.startswith("MNIST test per digit against the first version") for r in same.reasons)
 
 
 def test_gate_lets_each_digit_fall_by_up_to_the_class_margin():

@@ -29,7 +29,17 @@ MAX_SKIPPED_LISTED = 20
 EPOCH_LINE = re.compile(r"Epoch (\d+)/(\d+)")  # what Keras prints as each epoch begins
 UNCHANGED = "the model registry and the served model are unchanged."
 
+START_CHOICES = ("first", "active")  # --start; the first is the default
+
 Item = TypeVar("Item")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The first version of the active version's line and its MNIST test score (None when it is the active one)."""
+
+    version: ModelVersion
+    mnist: "retraining.Score | None"
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class Command(BaseCommand):
     # Read once from the options by handle().
     config: FinetuneConfig
     mixes: tuple[Mix, ...]  # the candidates tried in turn, until one passes the gate
+    start: str  # which version is fine-tuned: the first version of the active one's line, or the active one
     min_examples: int
     mnist_margin: float
     class_margin: float
@@ -116,6 +127,13 @@ class Command(BaseCommand):
             f"(default {settings.DIGIT_RETRAIN_CLASS_MARGIN}; 0.01 = 1 point)",
         )
         parser.add_argument("--seed", type=int, help=f"random seed (default {FinetuneConfig.seed})")
+        parser.add_argument(
+            "--start",
+            choices=START_CHOICES,
+            help="which version to fine-tune on all the reviews: the first version of the active version's line "
+            "(its parent's parent ..., default; every served version is then one fine-tune from it) or the "
+            "active version",
+        )
         parser.add_argument("--dry-run", action="store_true", help="report what would be trained on; change nothing")
         served = parser.add_mutually_exclusive_group()
         served.add_argument("--no-activate", action="store_true", help="train and record the version, do not serve it")
@@ -141,6 +159,7 @@ class Command(BaseCommand):
             FinetuneConfig(), epochs=options["epochs"], replay_size=options["replay"], seed=options["seed"]
         )
         self.mixes = retraining.MIXES if share is None else (Mix(share),)
+        self.start = first_given(options["start"], START_CHOICES[0])
         self.min_examples = first_given(options["min_examples"], settings.DIGIT_RETRAIN_MIN_EXAMPLES)
         self.mnist_margin = first_given(options["mnist_margin"], settings.DIGIT_RETRAIN_MNIST_MARGIN)
         self.class_margin = first_given(options["class_margin"], settings.DIGIT_RETRAIN_CLASS_MARGIN)
@@ -292,12 +311,20 @@ class Command(BaseCommand):
 
         (x_mnist, y_mnist), (x_test, y_test) = load_mnist()
         replay = retraining.replay_sample(x_mnist, y_mnist, self.config.replay_size, seed=self.config.seed)
+        first = first_of_line(parent)
+        start = first if self.start == "first" else parent
 
         with tempfile.TemporaryDirectory(prefix="retrain-") as work:
             work = Path(work)
-            model = load_keras(parent, work / "parent")
+            copies = {version.pk: copy_artefacts(version, work / f"v{version.version}") for version in {parent, first}}
+            model = export.load(copies[start.pk])
             self.step(f"scoring version {parent.version}")
-            before = retraining.score(work / "parent" / export.TFLITE_FILE, dataset, x_test, y_test)
+            before = retraining.score(copies[parent.pk] / export.TFLITE_FILE, dataset, x_test, y_test)
+            first_mnist = None
+            if first.pk != parent.pk:
+                self.step(f"scoring version {first.version}")
+                first_mnist = retraining.score(copies[first.pk] / export.TFLITE_FILE, dataset, x_test, y_test).mnist
+            self.stdout.write(describe_start(start, parent, first))
             self.stdout.write(f"Training on {len(dataset.train.y)} drawings + {len(replay[1])} MNIST digits ...")
             # The strongest mix first: a mix that learns a hand harder can cost MNIST more than the gate
             # allows, and then the next, gentler one is tried (docs/retraining.md measures them).
@@ -305,7 +332,17 @@ class Command(BaseCommand):
             fits: dict[float, tuple[keras.Model, float]] = {}  # reviewed share -> (fine-tuned model, fit seconds)
             for number, mix in enumerate(self.mixes, start=1):
                 tried = self.fit_and_judge(
-                    run, model, mix, fits, dataset, replay, (x_test, y_test), before, shift, work / f"try-{number}"
+                    run,
+                    model,
+                    mix,
+                    fits,
+                    dataset,
+                    replay,
+                    (x_test, y_test),
+                    before,
+                    Anchor(first, first_mnist),
+                    shift,
+                    work / f"try-{number}",
                 )
                 tries.append(tried)
                 self.report(parent, before, tried, number=number, of=len(self.mixes))
@@ -326,6 +363,15 @@ class Command(BaseCommand):
                 "confusion_heldout": chosen.after.heldout.confusion,
                 "heldout_size": chosen.after.heldout.size,
                 "before": {"version": parent.version, **before.accuracies()},
+                "start": {"version": start.version, "choice": self.start},
+                # The first version of the line, which the gate's MNIST checks compare with too.
+                "first": None
+                if first_mnist is None
+                else {
+                    "version": first.version,
+                    "mnist_test_accuracy": first_mnist.accuracy,
+                    "per_class_accuracy": first_mnist.per_class,
+                },
                 "gate": {
                     **decision.to_metrics(),
                     "forced": self.force and not decision.passed,
@@ -372,6 +418,7 @@ class Command(BaseCommand):
         replay: tuple[np.ndarray, np.ndarray],
         test: tuple[np.ndarray, np.ndarray],
         before: Scores,
+        anchor: "Anchor",
         shift: LabelShift,
         directory: Path,
     ) -> Try:
@@ -430,6 +477,8 @@ class Command(BaseCommand):
             mnist_margin=self.mnist_margin,
             class_margin=self.class_margin,
             label_shift=shift,
+            mnist_first=anchor.mnist,
+            first_name=f"v{anchor.version.version}, the first version of this line",
         )
         return Try(mix, config, tuned, exported, after, decision, fit_seconds, directory)
 
@@ -512,8 +561,8 @@ def measure_shift_since(parent: ModelVersion, dataset: Dataset) -> LabelShift:
     )
 
 
-def load_keras(version: ModelVersion, directory: Path) -> "keras.Model":
-    """Return the Keras model of `version`, after copying its .keras and .tflite out of model storage into `directory`."""
+def copy_artefacts(version: ModelVersion, directory: Path) -> Path:
+    """Return `directory`, after copying the .keras and .tflite of `version` out of model storage into it."""
     from training import export
 
     directory.mkdir()
@@ -521,7 +570,24 @@ def load_keras(version: ModelVersion, directory: Path) -> "keras.Model":
     for field, name in ((version.keras, export.KERAS_FILE), (version.tflite, export.TFLITE_FILE)):
         with field.open("rb") as source:
             (directory / name).write_bytes(source.read())
-    return export.load(directory)
+    return directory
+
+
+def first_of_line(version: ModelVersion) -> ModelVersion:
+    """Return the first version of `version`'s line: the one it was retrained from, and so on back (itself if none)."""
+    ancestors = selectors.model_version_ancestors(version=version)
+    return ModelVersion.objects.get(pk=ancestors[-1].pk) if ancestors else version
+
+
+def describe_start(start: ModelVersion, parent: ModelVersion, first: ModelVersion) -> str:
+    """Return the report's line saying which version is fine-tuned and what the gate compares with."""
+    if first.pk == parent.pk:
+        return f"Starting from version {start.version}, the active version; the gate compares with it."
+    which = "the first of the active version's line" if start.pk == first.pk else "the active version"
+    return (
+        f"Starting from version {start.version}, {which}; the gate compares with version {parent.version} "
+        f"(active) and, on MNIST, with version {first.version} (the first of its line)."
+    )
 
 
 def notes(parent: ModelVersion, tries: list[Try], activate: bool) -> str:
