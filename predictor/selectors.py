@@ -291,9 +291,10 @@ def model_version_ancestors(*, version: ModelVersion) -> list[ModelVersion]:
     One query however deep the line; each has only id, version, is_active and parent_id loaded.
     """
     versions = ModelVersion.objects.only("id", "version", "is_active", "parent_id").in_bulk()
-    chain, seen = [], {version.id}
+    chain: list[ModelVersion] = []
+    seen = {version.id}
     parent_id = version.parent_id
-    while parent_id in versions and parent_id not in seen:
+    while parent_id is not None and parent_id in versions and parent_id not in seen:
         seen.add(parent_id)
         chain.append(versions[parent_id])
         parent_id = versions[parent_id].parent_id
