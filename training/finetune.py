@@ -5,10 +5,10 @@ rate, the same augmentation pipeline, a few epochs. The caller passes an MNIST r
 `replay` (the `retrain` command does, with FinetuneConfig.replay_size digits). By default the
 reviewed drawings are pooled with it; FinetuneConfig.reviewed_share > 0 instead draws that share of
 every batch from the reviewed drawings (docs/retraining.md measures both). `between(parent, tuned, w)`
-then gives a model whose weights lie w of the way from the parent's to the fine-tuned ones, which keeps
-most of what the fine-tune learnt at a fraction of what it cost MNIST.
+then gives a model whose weights lie w of the way from the parent's (the model that was fine-tuned)
+to the fine-tuned ones, which keeps most of what the fine-tune learnt at a fraction of what it cost MNIST.
 
-    model = export.load(parent_dir)                      # the .keras of the active version
+    model = export.load(parent_dir)                      # the .keras of the version retrain starts from
     tuned = finetune(model, x_new, y_new, FinetuneConfig(), replay=replay_sample(...))
     evaluate(tuned, x_test, y_test)                      # {"loss", "accuracy", "confusion", ...}
     export.save(tuned, metrics=..., config=config, out_dir=new_dir)

@@ -32,7 +32,7 @@ class Mix:
     """One candidate model of a run: how the fine-tune mixes the reviewed drawings, and how far its result is taken."""
 
     reviewed_share: float  # FinetuneConfig.reviewed_share: share of each batch from the reviewed drawings, 0 = pooled
-    weight: float = 1.0  # the served weights: weight x the fine-tuned ones + (1 - weight) x the parent's
+    weight: float = 1.0  # the served weights: weight x the fine-tuned ones + (1 - weight) x the starting model's
 
     @property
     def name(self) -> str:
@@ -49,7 +49,7 @@ class Mix:
 # The candidates a run tries in turn, each only if the gate refused the one before. Half of every batch
 # from the reviewed drawings learns a new hand best, but on a hand far from MNIST it can cost MNIST more
 # than the gate allows; most of what it learnt stays, at about half the cost, 70% of the way from the
-# parent's weights (no second fit: the same fine-tune, averaged with its parent); pooled with the replay,
+# starting weights (no second fit: the same fine-tune, averaged with its start); pooled with the replay,
 # the reviewed drawings cost MNIST least. docs/retraining.md measures all three.
 MIXES = (Mix(0.5), Mix(0.5, 0.7), Mix(0.0))
 
