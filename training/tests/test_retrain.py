@@ -346,6 +346,9 @@ def test_a_second_retrain_fine_tunes_the_first_version_of_the_line_and_is_judged
     assert any(r.startswith("MNIST test: ") for r in reasons)
     assert any(r.startswith("MNIST test against v1, the first version of this line: ") for r in reasons)
     assert third.metrics["before"]["version"] == 2
+    assert third.notes.startswith("Retrained from v1 to follow v2 (reviewed drawings pooled with the replay digits): ")
+    dry = retrain(*TINY, "--dry-run")
+    assert "Starting from version 1, the first of the active version's line; the gate compares with version 3" in dry
 
 
 @pytest.mark.django_db

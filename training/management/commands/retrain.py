@@ -166,7 +166,9 @@ class Command(BaseCommand):
         self.no_activate = options["no_activate"]
         self.force = options["force"]
         if options["dry_run"]:
-            self.prepare()
+            parent = self.prepare()[0]
+            first = first_of_line(parent)
+            self.stdout.write(describe_start(first if self.start == "first" else parent, parent, first))
             self.stdout.write(self.style.SUCCESS("Dry run: nothing was trained, recorded or activated."))
             return
         source = "command" if options["if_new"] is None else "schedule"
@@ -397,7 +399,7 @@ class Command(BaseCommand):
                     # What the next run's label shift is measured against.
                     "label_counts": dataset.label_counts(),
                 },
-                notes=notes(parent, tries, activate),
+                notes=notes(parent, start, tries, activate),
                 activate=activate,
                 source="retrain",
             )
@@ -590,7 +592,7 @@ def describe_start(start: ModelVersion, parent: ModelVersion, first: ModelVersio
     )
 
 
-def notes(parent: ModelVersion, tries: list[Try], activate: bool) -> str:
+def notes(parent: ModelVersion, start: ModelVersion, tries: list[Try], activate: bool) -> str:
     """Return the version's notes: its origin, then the gate's verdict, reasons and warnings, and the mixes refused before."""
     decision = tries[-1].decision
     if activate and not decision.passed:
@@ -606,7 +608,8 @@ def notes(parent: ModelVersion, tries: list[Try], activate: bool) -> str:
             f"Tried {'first' if number == 0 else 'next'}: {tried.mix.name}; refused: "
             + "; ".join(tried.decision.refusals)
         )
-    return f"Retrained from v{parent.version} ({mix}): {outcome}.\n" + "\n".join(details)
+    origin = f"v{parent.version}" if start.pk == parent.pk else f"v{start.version} to follow v{parent.version}"
+    return f"Retrained from {origin} ({mix}): {outcome}.\n" + "\n".join(details)
 
 
 def first_given(value: Any, default: Any) -> Any:
