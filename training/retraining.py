@@ -233,19 +233,30 @@ def replay_sample(x: np.ndarray, y: np.ndarray, size: int, *, seed: int) -> tupl
 
 def score(tflite: Path, dataset: Dataset, x_test: np.ndarray, y_test: np.ndarray) -> Scores:
     """Return the Scores of a .tflite model, run as it is served, on the dataset's two parts and MNIST test."""
-    classifier = Classifier(tflite, num_threads=os.cpu_count() or 1)
-
-    def on(x: np.ndarray, y: np.ndarray) -> Score:
-        if len(y) == 0:
-            return Score(0, None)
-        result = evaluate(classifier, x, y)
-        return Score(len(y), result["accuracy"], result["loss"], result["per_class_accuracy"], result["confusion"])
-
+    classifier = _served(tflite)
     return Scores(
-        heldout=on(dataset.heldout.x, dataset.heldout.y),
-        mnist=on(x_test, y_test),
-        train=on(dataset.train.x, dataset.train.y),
+        heldout=_score(classifier, dataset.heldout.x, dataset.heldout.y),
+        mnist=_score(classifier, x_test, y_test),
+        train=_score(classifier, dataset.train.x, dataset.train.y),
     )
+
+
+def score_mnist(tflite: Path, x_test: np.ndarray, y_test: np.ndarray) -> Score:
+    """Return the Score of a .tflite model, run as it is served, on MNIST test alone."""
+    return _score(_served(tflite), x_test, y_test)
+
+
+def _served(tflite: Path) -> Classifier:
+    """Return the model of a .tflite file as the site serves it."""
+    return Classifier(tflite, num_threads=os.cpu_count() or 1)
+
+
+def _score(classifier: Classifier, x: np.ndarray, y: np.ndarray) -> Score:
+    """Return how `classifier` does on x and y (an empty Score when there are none)."""
+    if len(y) == 0:
+        return Score(0, None)
+    result = evaluate(classifier, x, y)
+    return Score(len(y), result["accuracy"], result["loss"], result["per_class_accuracy"], result["confusion"])
 
 
 def measure_label_shift(

@@ -260,15 +260,8 @@ def test_a_gentler_mix_is_tried_when_the_gate_refuses_the_first(reviewed, api_cl
 def test_the_fine_tune_part_of_the_way_from_its_parent_is_served_when_the_whole_is_refused(
     reviewed, api_client, mnist_train, monkeypatch
 ):
-    from training import export
-    from training import finetune as finetune_module
-
-    real_finetune, real_gate = finetune_module.finetune, retraining.gate
-    fitted, verdicts = [], []
-
-    def recorded_finetune(model, x, y, config, **options):
-        fitted.append((model.get_weights(), real_finetune(model, x, y, config, **options)))
-        return fitted[-1][1]
+    real_gate, verdicts = retraining.gate, []
+    fitted = fine_tuned_models(monkeypatch)
 
     def refuse_the_first(**figures):
         decision = real_gate(**figures)
@@ -277,7 +270,6 @@ def test_the_fine_tune_part_of_the_way_from_its_parent_is_served_when_the_whole_
         verdicts.append(decision.passed)
         return decision
 
-    monkeypatch.setattr(finetune_module, "finetune", recorded_finetune)
     monkeypatch.setattr(retraining, "gate", refuse_the_first)
     output = retrain(*TINY)
 
@@ -290,23 +282,20 @@ def test_the_fine_tune_part_of_the_way_from_its_parent_is_served_when_the_whole_
     assert "Trying the next mix (3 of 3)" not in output
     assert "70% of the way from the starting weights to the fine-tune's): gate passed." in served.notes
     parent_weights, tuned = fitted[0]
-    with tempfile.TemporaryDirectory() as directory:
-        (Path(directory) / export.KERAS_FILE).write_bytes(served.keras.read())
-        stored = export.load(directory).get_weights()
-    for old, new, kept in zip(parent_weights, tuned.get_weights(), stored, strict=True):
+    for old, new, kept in zip(parent_weights, tuned.get_weights(), stored_weights(served), strict=True):
         np.testing.assert_allclose(kept, 0.3 * old + 0.7 * new, rtol=1e-5, atol=1e-6)
     assert served_version(api_client, mnist_train) == 2
 
 
-def fine_tuned_models(monkeypatch) -> list[list[np.ndarray]]:
-    """Record the weights of each model `retrain` fine-tunes (the fine-tune itself is the real one)."""
+def fine_tuned_models(monkeypatch) -> list:
+    """Record (the weights it started from, the fine-tuned model) of each fine-tune `retrain` runs (the real one)."""
     from training import finetune as finetune_module
 
     real_finetune, started = finetune_module.finetune, []
 
     def recording(model, x, y, config, **options):
-        started.append(model.get_weights())
-        return real_finetune(model, x, y, config, **options)
+        started.append((model.get_weights(), real_finetune(model, x, y, config, **options)))
+        return started[-1][1]
 
     monkeypatch.setattr(finetune_module, "finetune", recording)
     return started
@@ -333,8 +322,8 @@ def test_a_second_retrain_fine_tunes_the_first_version_of_the_line_and_is_judged
 
     first, second, third = (ModelVersion.objects.get(version=n) for n in (1, 2, 3))
     assert third.parent == second and third.is_active
-    assert len(started) == 1 and same_weights(started[0], stored_weights(first))
-    assert not same_weights(started[0], stored_weights(second))
+    assert len(started) == 1 and same_weights(started[0][0], stored_weights(first))
+    assert not same_weights(started[0][0], stored_weights(second))
     assert third.metrics["start"] == {"version": 1, "choice": "first"}
     assert third.metrics["first"]["version"] == 1 and len(third.metrics["first"]["per_class_accuracy"]) == 10
     assert third.metrics["first"]["mnist_test_accuracy"] == pytest.approx(first.metrics["mnist_test_accuracy"])
@@ -358,7 +347,7 @@ def test_start_active_fine_tunes_the_active_version(reviewed, monkeypatch):
     output = retrain(*TINY, "--reviewed-share", "0", "--force", "--start", "active")
 
     second, third = (ModelVersion.objects.get(version=n) for n in (2, 3))
-    assert len(started) == 1 and same_weights(started[0], stored_weights(second))
+    assert len(started) == 1 and same_weights(started[0][0], stored_weights(second))
     assert third.metrics["start"] == {"version": 2, "choice": "active"}
     assert "Starting from version 2, the active version; the gate compares with version 2" in output
     assert RetrainRun.objects.latest("id").options["start"] == "active"
@@ -689,3 +678,11 @@ def test_a_reviewed_share_outside_0_to_1_is_refused_before_anything_runs(active_
     with pytest.raises(CommandError, match=f"--reviewed-share must be at least 0 and below 1, not {share}"):
         retrain("--reviewed-share", share)
     assert not RetrainRun.objects.exists()
+
+
+def test_help_names_every_option_and_the_default_candidates():
+    from training.management.commands.retrain import Command
+
+    text = Command().create_parser("manage.py", "retrain").format_help()
+    assert "--start {first,active}" in text and "--reviewed-share SHARE" in text
+    assert "50% of each batch from the reviewed drawings; then 50% of each batch" in " ".join(text.split())

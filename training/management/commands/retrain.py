@@ -71,9 +71,10 @@ class Try:
 
 class Command(BaseCommand):
     help = (
-        "Fine-tune the active model on the reviewed drawings mixed with MNIST digits, record the result as a new "
-        "model version and serve it only if it is no worse: not worse on held-out reviewed drawings, and MNIST "
-        "test accuracy, overall and for each digit, within a margin. A failed or interrupted run changes nothing. "
+        "Fine-tune the first version of the active version's line on the reviewed drawings mixed with MNIST digits, "
+        "record the result as a new model version and serve it only if it is no worse: not worse on held-out "
+        "reviewed drawings, and MNIST test accuracy, overall and for each digit, within a margin of the active "
+        "version and of that first version. A failed or interrupted run changes nothing. "
         "Each run is recorded as a retrain run (admin: Retrain runs); one runs at a time, on every host."
     )
 
@@ -105,7 +106,8 @@ class Command(BaseCommand):
             metavar="SHARE",
             help="share of each training batch taken from the reviewed drawings, 0 to 1; 0 pools them with the "
             "replay digits; given, only that mix is tried, as fitted. Default: "
-            + "; then ".join(mix.name for mix in retraining.MIXES)
+            # argparse formats help with %: the names' "50%" must be written "50%%".
+            + "; then ".join(mix.name.replace("%", "%%") for mix in retraining.MIXES)
             + "; each only if the gate refuses the model of the one before",
         )
         # Defaults are None and resolved in handle(), so a run records only the options it was given.
@@ -167,8 +169,7 @@ class Command(BaseCommand):
         self.force = options["force"]
         if options["dry_run"]:
             parent = self.prepare()[0]
-            first = first_of_line(parent)
-            self.stdout.write(describe_start(first if self.start == "first" else parent, parent, first))
+            self.stdout.write(describe_start(*self.starting_point(parent), parent))
             self.stdout.write(self.style.SUCCESS("Dry run: nothing was trained, recorded or activated."))
             return
         source = "command" if options["if_new"] is None else "schedule"
@@ -303,6 +304,11 @@ class Command(BaseCommand):
         )
         return parent, dataset, shift
 
+    def starting_point(self, parent: ModelVersion) -> tuple[ModelVersion, ModelVersion]:
+        """Return (the version to fine-tune, the first version of the line) for the active version `parent`."""
+        first = first_of_line(parent)
+        return (first if self.start == "first" else parent), first
+
     def retrain(self, run: RetrainRun) -> tuple[ModelVersion, Decision, bool]:
         """Return the new version, the gate's decision and whether it is served, having fine-tuned, evaluated and recorded it."""
         started = time.perf_counter()
@@ -313,8 +319,7 @@ class Command(BaseCommand):
 
         (x_mnist, y_mnist), (x_test, y_test) = load_mnist()
         replay = retraining.replay_sample(x_mnist, y_mnist, self.config.replay_size, seed=self.config.seed)
-        first = first_of_line(parent)
-        start = first if self.start == "first" else parent
+        start, first = self.starting_point(parent)
 
         with tempfile.TemporaryDirectory(prefix="retrain-") as work:
             work = Path(work)
@@ -325,8 +330,9 @@ class Command(BaseCommand):
             first_mnist = None
             if first.pk != parent.pk:
                 self.step(f"scoring version {first.version}")
-                first_mnist = retraining.score(copies[first.pk] / export.TFLITE_FILE, dataset, x_test, y_test).mnist
-            self.stdout.write(describe_start(start, parent, first))
+                first_mnist = retraining.score_mnist(copies[first.pk] / export.TFLITE_FILE, x_test, y_test)
+            anchor = Anchor(first, first_mnist)
+            self.stdout.write(describe_start(start, first, parent))
             self.stdout.write(f"Training on {len(dataset.train.y)} drawings + {len(replay[1])} MNIST digits ...")
             # The strongest mix first: a mix that learns a hand harder can cost MNIST more than the gate
             # allows, and then the next, gentler one is tried (docs/retraining.md measures them).
@@ -342,7 +348,7 @@ class Command(BaseCommand):
                     replay,
                     (x_test, y_test),
                     before,
-                    Anchor(first, first_mnist),
+                    anchor,
                     shift,
                     work / f"try-{number}",
                 )
@@ -581,7 +587,7 @@ def first_of_line(version: ModelVersion) -> ModelVersion:
     return ModelVersion.objects.get(pk=ancestors[-1].pk) if ancestors else version
 
 
-def describe_start(start: ModelVersion, parent: ModelVersion, first: ModelVersion) -> str:
+def describe_start(start: ModelVersion, first: ModelVersion, parent: ModelVersion) -> str:
     """Return the report's line saying which version is fine-tuned and what the gate compares with."""
     if first.pk == parent.pk:
         return f"Starting from version {start.version}, the active version; the gate compares with it."
